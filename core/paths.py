@@ -1,0 +1,45 @@
+"""Where things live. Pipeline outputs go under `artifacts/` (DVC outs, git-ignored); mutable
+local state (MLflow database and artifacts, Chroma, W&B, caches) under `state/` (git-ignored).
+
+The same paths are named in `dvc.yaml`; a test checks the two agree.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PROJECT_ROOT = Path(os.environ.get("MODELPLATFORM_ROOT", Path(__file__).resolve().parent.parent))
+
+ARTIFACTS = PROJECT_ROOT / "artifacts"
+STATE = PROJECT_ROOT / "state"
+
+BASE_CHAT = ARTIFACTS / "base" / "chat"
+BASE_EMBEDDER = ARTIFACTS / "base" / "embedder"
+
+DOCUMENTS = ARTIFACTS / "data" / "documents.parquet"
+INGEST_REPORT = ARTIFACTS / "data" / "ingest_report.json"
+CHUNKS = ARTIFACTS / "data" / "chunks.parquet"
+DATASETS = ARTIFACTS / "datasets"
+EMBED_TRAIN = DATASETS / "embed_train.parquet"
+EMBED_EVAL_QUERIES = DATASETS / "embed_eval_queries.parquet"
+EMBED_EVAL_CORPUS = DATASETS / "embed_eval_corpus.parquet"
+CHAT_TRAIN = DATASETS / "chat_train.parquet"
+CHAT_EVAL = DATASETS / "chat_eval.parquet"
+DATASETS_STATS = DATASETS / "stats.json"
+
+EMBEDDER_MODEL = ARTIFACTS / "models" / "embedder"
+CHAT_MODEL = ARTIFACTS / "models" / "chat"
+TRAIN_EMBEDDER_METRICS = ARTIFACTS / "metrics" / "train_embedder.json"
+TRAIN_CHAT_METRICS = ARTIFACTS / "metrics" / "train_chat.json"
+EMBEDDER_LOSS_PLOT = ARTIFACTS / "plots" / "embedder_loss.csv"
+CHAT_LOSS_PLOT = ARTIFACTS / "plots" / "chat_loss.csv"
+
+EVAL_METRICS = ARTIFACTS / "metrics" / "evaluate.json"
+RECALL_PLOT = ARTIFACTS / "plots" / "recall_at_k.csv"
+ANSWERS_REPORT = ARTIFACTS / "reports" / "answers.json"
+REGISTER_REPORT = ARTIFACTS / "reports" / "register.json"
+INDEX_MANIFEST = ARTIFACTS / "index" / "manifest.json"
+
+MODEL_CACHE = Path(os.environ.get("MODELPLATFORM_CACHE", Path.home() / ".cache" / "modelplatform"))
+"""Downloaded wheels and other inputs shared by every copy of the project on this machine."""

@@ -1,0 +1,147 @@
+"""Experiment tracking: every training and evaluation run goes to MLflow and to W&B.
+
+MLflow holds params, per-step metrics, artifacts, dataset lineage and the registry. W&B gets the
+same params and metrics (offline unless a key is configured); models and data stay in MLflow and DVC
+because offline W&B artifacts are fragile (wandb #5712, #3098).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlflow
+
+from core.config import params, tracking_uri, wandb_mode
+from core.log import get_logger
+from core.paths import PROJECT_ROOT, STATE
+
+log = get_logger(__name__)
+
+
+def setup_mlflow() -> str:
+    """Point MLflow at the configured tracking URI and make sure the experiment exists.
+
+    With the embedded sqlite default, the experiment's artifact location is pinned inside this
+    copy's `state/` folder: MLflow fixes it as an absolute path at creation time, and the default
+    (`./mlruns` of whatever the working folder was) would scatter artifacts across copies.
+
+    Returns:
+        The experiment id.
+    """
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    name = params().tracking.experiment
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is None:
+        location = (STATE / "mlartifacts").as_uri() if uri.startswith("sqlite:") else None
+        exp_id = mlflow.create_experiment(name, artifact_location=location)
+    else:
+        exp_id = exp.experiment_id
+    mlflow.set_experiment(experiment_id=exp_id)
+    return exp_id
+
+
+def file_md5(path: Path) -> str:
+    """md5 of a file's bytes: the same hash DVC records for a file output."""
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def git_commit() -> str:
+    """The current commit, suffixed `-dirty` when tracked files have changes; `unknown` outside git."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        return "unknown"
+
+
+def lineage_tags(data_files: Mapping[str, Path]) -> dict[str, str]:
+    """Tags that tie a run or model version to its code and data: git commit and data md5s."""
+    tags = {"git_commit": git_commit()}
+    for name, path in data_files.items():
+        tags[f"data.{name}.md5"] = file_md5(path)
+    return tags
+
+
+@dataclass
+class Tracker:
+    """One run, logged to MLflow and W&B together; also keeps the metric history for DVC plots."""
+
+    run_id: str
+    wandb_run: Any = None
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        clean = {k.replace("@", "_at_"): float(v) for k, v in metrics.items()}
+        mlflow.log_metrics(clean, step=step)
+        if self.wandb_run is not None:
+            self.wandb_run.log(dict(clean), step=step)
+        self.history.append({"step": float(step or 0), **clean})
+
+
+def _init_wandb(run_name: str, config: Mapping[str, Any], group: str) -> Any:
+    mode = wandb_mode()
+    if mode == "disabled":
+        return None
+    import wandb  # imported lazily: it is slow to import and absent from serving paths
+
+    wdir = STATE / "wandb"
+    wdir.mkdir(parents=True, exist_ok=True)
+    return wandb.init(
+        project=params().tracking.wandb_project,
+        name=run_name,
+        group=group,
+        config=dict(config),
+        mode=mode,
+        dir=str(wdir),
+        reinit="finish_previous",
+        settings=wandb.Settings(silent=True, console="off"),
+    )
+
+
+@contextmanager
+def tracked_run(run_name: str, config: Mapping[str, Any], tags: Mapping[str, str] | None = None) -> Iterator[Tracker]:
+    """Start an MLflow run and a W&B run with the same name, params and tags.
+
+    Args:
+        run_name: e.g. `train_embedder`.
+        config: flat or nested params, logged as MLflow params (flattened) and the W&B config.
+        tags: extra MLflow tags (lineage).
+    """
+    setup_mlflow()
+    with mlflow.start_run(run_name=run_name, tags=dict(tags or {})) as run:
+        mlflow.log_params(_flatten(config))
+        wb = _init_wandb(run_name, config, group=run.info.run_id)
+        tracker = Tracker(run_id=run.info.run_id, wandb_run=wb)
+        try:
+            yield tracker
+        finally:
+            if wb is not None:
+                wb.finish()
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = json.dumps(v) if isinstance(v, list | tuple) else str(v)
+    return out

@@ -1,0 +1,1 @@
+"""Data stages: sample corpus -> ingest -> chunk -> datasets (each a `python -m data.<stage>` module)."""

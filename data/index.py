@@ -1,0 +1,119 @@
+"""Stage `index`: embed every chunk with `embedder@champion` into a new Chroma collection, then switch.
+
+Steps: resolve champion -> embed -> write new collection -> verify -> switch pointer -> prune old.
+The collection name carries the embedder version and the chunks' md5, and its metadata records
+both; serving refuses to start on a collection built by another embedder version.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import polars as pl
+from mlflow import MlflowClient
+from tqdm import tqdm
+
+from core import paths
+from core.config import Params, params
+from core.loading import load_embedder
+from core.io import write_json
+from core.log import get_logger
+from core.tracking import file_md5, setup_mlflow
+from core.vectorstore import POINTER, ActiveIndex, chroma_client, collection_name, read_active, switch_active
+
+log = get_logger(__name__)
+
+
+class IndexBuildError(RuntimeError):
+    pass
+
+
+def champion_version(p: Params) -> str:
+    setup_mlflow()
+    try:
+        return MlflowClient().get_model_version_by_alias(p.models.embedder_name, p.models.champion_alias).version
+    except Exception as e:
+        raise IndexBuildError(
+            f"no `{p.models.embedder_name}@{p.models.champion_alias}` in the registry: the promotion gate has not "
+            f"passed yet (see {paths.REGISTER_REPORT.relative_to(paths.PROJECT_ROOT)})"
+        ) from e
+
+
+def build_index(p: Params) -> ActiveIndex:
+    """Build (or reuse, when identical) the collection for the current chunks and champion embedder."""
+    cfg = p.index
+    version = champion_version(p)
+    md5 = file_md5(paths.CHUNKS)
+    name = collection_name(cfg.collection_prefix, version, md5)
+    chunks = pl.read_parquet(paths.CHUNKS)
+    client = chroma_client(cfg)
+    target = ActiveIndex(name, p.models.embedder_name, version, md5, chunks.height)
+
+    current = read_active(client)
+    if current == target:
+        log.info("index %s is already active and complete; nothing to do", name)
+        return current
+
+    # A collection with this name that is not active is a leftover of an interrupted build: start over.
+    if name in {c.name for c in client.list_collections()}:
+        client.delete_collection(name)
+    coll = client.create_collection(
+        name,
+        embedding_function=None,  # ours come from the champion; Chroma's default would download a model
+        configuration={"hnsw": {"space": "cosine"}},
+        metadata={
+            "embedder_name": target.embedder_name,
+            "embedder_version": version,
+            "data_md5": md5,
+            "state": "building",
+        },
+    )
+    model = load_embedder(f"models:/{p.models.embedder_name}/{version}")
+    # One encode call for all chunks: sentence-transformers sorts texts by length across the whole
+    # call, so batches carry little padding (chunk lengths run from 8 to 200 tokens).
+    embeddings = model.encode(
+        chunks["text"].to_list(), batch_size=cfg.batch_size, normalize_embeddings=True, show_progress_bar=True
+    )
+    for i in tqdm(range(0, chunks.height, cfg.batch_size), desc=f"write {name}"):
+        part = chunks.slice(i, cfg.batch_size)
+        coll.add(
+            ids=part["chunk_id"].to_list(),
+            documents=part["text"].to_list(),
+            embeddings=embeddings[i : i + cfg.batch_size],
+            metadatas=part.select("doc_id", "source", "title", "heading", "position").to_dicts(),
+        )
+
+    # verify before switching: every chunk is there, and a chunk finds itself first
+    if coll.count() != chunks.height:
+        raise IndexBuildError(f"collection {name} holds {coll.count()} chunks, expected {chunks.height}")
+    probe = chunks.row(0, named=True)
+    hit = coll.query(query_embeddings=model.encode([probe["text"]], normalize_embeddings=True), n_results=1)
+    if hit["ids"][0][0] != probe["chunk_id"]:
+        raise IndexBuildError(f"collection {name} failed self-retrieval for chunk {probe['chunk_id']}")
+    coll.modify(metadata={**(coll.metadata or {}), "state": "complete"})
+
+    switch_active(client, target)
+    log.info("switched active index to %s (%d chunks)", name, chunks.height)
+    _prune(client, cfg.collection_prefix, keep=cfg.keep_collections, active=name)
+    return target
+
+
+def _prune(client, prefix: str, keep: int, active: str) -> None:  # type: ignore[no-untyped-def]
+    """Delete all but the newest `keep` collections of ours (the active one always stays)."""
+    ours = [c for c in client.list_collections() if c.name.startswith(prefix + "-") and c.name != POINTER]
+    old = [c.name for c in ours if c.name != active]
+    for stale in sorted(old)[: max(len(old) - (keep - 1), 0)]:
+        client.delete_collection(stale)
+        log.info("deleted old collection %s", stale)
+
+
+def main() -> None:
+    try:
+        active = build_index(params())
+    except IndexBuildError as e:
+        sys.exit(f"index: {e}")
+    write_json(active.to_metadata(), paths.INDEX_MANIFEST)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""Chat model quality on the held-out RAG examples: loss / perplexity and an answer-quality score.
+
+Loss is the mean cross-entropy of the reference answer tokens given the prompt (the quantity the
+fine-tuning minimises). Answer quality is SQuAD-style token F1 between the greedy answer and the
+reference answer.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Sequence
+
+import polars as pl
+import torch
+from tqdm import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from core.prompts import rag_messages
+from training.chat import IGNORE, collate, encode_frame
+
+
+def heldout_loss(
+    model: PreTrainedModel, tok: PreTrainedTokenizerBase, df: pl.DataFrame, max_length: int, batch_size: int = 8
+) -> dict[str, float]:
+    """Token-weighted mean answer loss and perplexity over `df` (question/context/answer)."""
+    examples = encode_frame(tok, df, max_length)
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for i in tqdm(range(0, len(examples), batch_size), desc="held-out loss"):
+            batch = collate(tok, examples[i : i + batch_size])
+            batch = {k: v.to(model.device) for k, v in batch.items()}
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            # predict token t+1 from position t: (B, T-1, V) against (B, T-1)
+            shift_logits, shift_labels = logits[:, :-1].float(), batch["labels"][:, 1:]
+            loss = torch.nn.functional.cross_entropy(
+                shift_logits.reshape(-1, shift_logits.size(-1)),
+                shift_labels.reshape(-1),
+                ignore_index=IGNORE,
+                reduction="sum",
+            )
+            total += float(loss)
+            count += int((shift_labels != IGNORE).sum())
+    mean = total / max(count, 1)
+    return {"eval_loss": round(mean, 4), "perplexity": round(math.exp(mean), 3)}
+
+
+def _tokens(text: str) -> list[str]:
+    return re.findall(r"\w+", text.lower())
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    """SQuAD-style bag-of-tokens F1."""
+    pred, ref = _tokens(prediction), _tokens(reference)
+    common = sum((Counter(pred) & Counter(ref)).values())
+    if not pred or not ref or common == 0:
+        return 0.0
+    precision, recall = common / len(pred), common / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def generate_answers(
+    model: PreTrainedModel,
+    tok: PreTrainedTokenizerBase,
+    questions: Sequence[str],
+    contexts: Sequence[Sequence[str]],
+    max_new_tokens: int,
+    batch_size: int = 8,
+) -> list[str]:
+    """Greedy answers, batched with left padding."""
+    tok.padding_side = "left"
+    answers: list[str] = []
+    with torch.inference_mode():
+        for i in tqdm(range(0, len(questions), batch_size), desc="generate"):
+            prompts = [
+                tok.apply_chat_template(rag_messages(q, c), add_generation_prompt=True, tokenize=False)
+                for q, c in zip(questions[i : i + batch_size], contexts[i : i + batch_size], strict=True)
+            ]
+            enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+            answers += tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    return [a.strip() for a in answers]
+
+
+def answer_quality(
+    model: PreTrainedModel, tok: PreTrainedTokenizerBase, df: pl.DataFrame, max_new_tokens: int
+) -> tuple[dict[str, float], list[dict[str, str]]]:
+    """Mean token F1 of generated answers against the references, and the samples for a report."""
+    answers = generate_answers(model, tok, df["question"].to_list(), [[c] for c in df["context"]], max_new_tokens)
+    f1s = [token_f1(a, r) for a, r in zip(answers, df["answer"], strict=True)]
+    samples = [
+        {"question": q, "reference": r, "answer": a, "f1": round(f, 3)}
+        for q, r, a, f in zip(df["question"], df["answer"], answers, f1s, strict=True)
+    ]
+    return {"answer_f1": round(sum(f1s) / max(len(f1s), 1), 4)}, samples

@@ -1,0 +1,207 @@
+"""Stage `register`: log each fine-tuned model to MLflow with its flavour, register it, and move the
+`champion` alias to it only if the promotion gate passes.
+
+The model is logged into the run that trained it, with a signature, an input example, lineage tags
+(git commit, data md5s) and `mlflow.log_input` records for the datasets it was trained and scored
+on. The decision and its reasons go to `artifacts/reports/register.json` and onto the model version.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import mlflow.data
+import polars as pl
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
+
+from core import paths
+from core.config import Params, params
+from core.io import write_json
+from core.loading import load_chat, load_embedder
+from core.log import get_logger
+from core.tracking import lineage_tags, setup_mlflow
+from evaluation.chat_quality import heldout_loss
+from evaluation.gate import Decision, decide
+from evaluation.retrieval import retrieval_metrics
+
+log = get_logger(__name__)
+
+
+def _pins(*packages: str) -> list[str]:
+    # Explicit requirements: MLflow's inference adds torchvision for torch models, which fails here.
+    return [f"{p}=={version(p)}" for p in packages]
+
+
+def _log_datasets(files: dict[str, tuple[Path, str]]) -> None:
+    for name, (path, context) in files.items():
+        df = pl.read_parquet(path).to_pandas()
+        ds = mlflow.data.from_pandas(df, source=str(path.relative_to(paths.PROJECT_ROOT)), name=name)
+        mlflow.log_input(ds, context=context)
+
+
+def current_champion(client: MlflowClient, name: str, alias: str) -> str | None:
+    """The version the alias points at, or None when the model or the alias does not exist yet."""
+    try:
+        return client.get_model_version_by_alias(name, alias).version
+    except MlflowException:
+        return None
+
+
+@dataclass
+class Registered:
+    name: str
+    version: str
+    model_uri: str
+
+
+def register_embedder(p: Params, run_id: str, tags: dict[str, str]) -> Registered:
+    model = load_embedder(paths.EMBEDDER_MODEL, device="cpu")
+    example = ["json: dumps", "How do I read a file line by line?"]
+    signature = infer_signature(example, model.encode(example))
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.sentence_transformers.log_model(
+            model,
+            name="embedder",
+            signature=signature,
+            input_example=example,
+            pip_requirements=_pins("sentence-transformers", "transformers", "torch"),
+        )
+        _log_datasets(
+            {
+                "embed_train": (paths.EMBED_TRAIN, "training"),
+                "embed_eval_queries": (paths.EMBED_EVAL_QUERIES, "evaluation"),
+                "embed_eval_corpus": (paths.EMBED_EVAL_CORPUS, "evaluation"),
+            }
+        )
+    mv = mlflow.register_model(info.model_uri, p.models.embedder_name, tags=tags)
+    return Registered(p.models.embedder_name, mv.version, info.model_uri)
+
+
+def register_chat(p: Params, run_id: str, tags: dict[str, str]) -> Registered:
+    model, tok = load_chat(paths.CHAT_MODEL, device="cpu")
+    tok.padding_side = "right"  # restore the saved default; serving sets what it needs
+    example = {"messages": [{"role": "user", "content": "What does json.dumps do?"}]}
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.transformers.log_model(
+            transformers_model={"model": model, "tokenizer": tok},
+            name="chat",
+            task="llm/v1/chat",
+            input_example=example,
+            pip_requirements=_pins("transformers", "torch", "accelerate"),
+        )
+        _log_datasets({"chat_train": (paths.CHAT_TRAIN, "training"), "chat_eval": (paths.CHAT_EVAL, "evaluation")})
+    mv = mlflow.register_model(info.model_uri, p.models.chat_name, tags=tags)
+    return Registered(p.models.chat_name, mv.version, info.model_uri)
+
+
+def champion_score_embedder(p: Params, uri: str) -> float:
+    q, c = pl.read_parquet(paths.EMBED_EVAL_QUERIES), pl.read_parquet(paths.EMBED_EVAL_CORPUS)
+    return retrieval_metrics(load_embedder(uri), q, c, p.evaluate.k_values, p.evaluate.batch_size)[
+        p.gate.embedder_metric
+    ]
+
+
+def champion_score_chat(p: Params, uri: str) -> float:
+    model, tok = load_chat(uri)
+    df = pl.read_parquet(paths.CHAT_EVAL).head(p.evaluate.chat_loss_samples)
+    return heldout_loss(model, tok, df, p.train_chat.max_length)["eval_loss"]
+
+
+def promote(client: MlflowClient, reg: Registered, decision: Decision, alias: str) -> str | None:
+    """Record the decision on the version; move the alias only when the gate passed."""
+    client.set_model_version_tag(reg.name, reg.version, "gate.decision", "promoted" if decision.promote else "rejected")
+    client.set_model_version_tag(reg.name, reg.version, "gate.reasons", " | ".join(decision.reasons))
+    if decision.promote:
+        client.set_registered_model_alias(reg.name, alias, reg.version)
+        log.info("promoted model=%s version=%s alias=%s", reg.name, reg.version, alias)
+    else:
+        log.warning("not promoted model=%s version=%s reasons=%s", reg.name, reg.version, decision.reasons)
+    return current_champion(client, reg.name, alias)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """What differs between the two models: how to register and score them, and which way is better."""
+
+    kind: str  # key in evaluate.json and the report
+    registered_name: str
+    metric: str
+    higher_is_better: bool
+    min_gain: float
+    train_metrics: Path
+    register: Callable[[Params, str, dict[str, str]], Registered]
+    champion_score: Callable[[Params, str], float]
+
+
+def gate_one(p: Params, client: MlflowClient, c: Candidate, scores: dict[str, dict[str, float]], tags: dict[str, str]):  # type: ignore[no-untyped-def]
+    """Register one fine-tuned model, score the current champion on the same held-out set, apply the gate."""
+    alias = p.models.champion_alias
+    old = current_champion(client, c.registered_name, alias)
+    old_score = c.champion_score(p, f"models:/{c.registered_name}/{old}") if old else None
+    run_id = json.loads(c.train_metrics.read_text())["run_id"]
+    heldout = {f"heldout.{k.replace('@', '_at_')}": str(v) for k, v in scores["finetuned"].items()}
+    reg = c.register(p, run_id, tags | heldout)
+    d = decide(
+        c.metric,
+        scores["finetuned"][c.metric],
+        scores["base"][c.metric],
+        old_score,
+        higher_is_better=c.higher_is_better,
+        min_gain=c.min_gain,
+        champion_tolerance=p.gate.champion_tolerance,
+    )
+    return {
+        **d.to_dict(),
+        "version": reg.version,
+        "previous_champion_version": old,
+        "champion_version": promote(client, reg, d, alias),
+    }
+
+
+def main() -> None:
+    p = params()
+    setup_mlflow()
+    client = MlflowClient()
+    metrics = json.loads(paths.EVAL_METRICS.read_text())
+    tags = lineage_tags({"chunks": paths.CHUNKS, "embed_train": paths.EMBED_TRAIN, "chat_train": paths.CHAT_TRAIN})
+    candidates = [
+        Candidate(
+            "embedder",
+            p.models.embedder_name,
+            p.gate.embedder_metric,
+            True,
+            p.gate.embedder_min_gain,
+            paths.TRAIN_EMBEDDER_METRICS,
+            register_embedder,
+            champion_score_embedder,
+        ),
+        Candidate(
+            "chat",
+            p.models.chat_name,
+            p.gate.chat_metric,
+            False,
+            p.gate.chat_min_gain,
+            paths.TRAIN_CHAT_METRICS,
+            register_chat,
+            champion_score_chat,
+        ),
+    ]
+    report: dict[str, Any] = {c.kind: gate_one(p, client, c, metrics[c.kind], tags) for c in candidates}
+    write_json(report, paths.REGISTER_REPORT)
+    for name, r in report.items():
+        verdict = "PROMOTED" if r["promote"] else "not promoted"
+        print(f"{name}: version {r['version']} {verdict}; {p.models.champion_alias} is v{r['champion_version']}")
+        for reason in r["reasons"]:
+            print(f"  - {reason}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""BentoML entry point: `bentoml serve` (or `make serve`) from the repo root serves this on :3000.
+
+Thin shell: the OpenAI-compatible routes are FastAPI class views mounted with `bentoml.asgi_app` (the
+BentoVLLM approach), because `@bentoml.api` routes are POST-only (no GET /v1/models) and answer
+schema errors with BentoML's own body rather than OpenAI's `{"error": {...}}`. Each route validates
+(pydantic, via FastAPI), calls one `serving.api.OpenAIHandlers` method and returns its response;
+errors are translated once in `serving.http`. BentoML still provides /livez, /readyz (our
+`__is_ready__`: models loaded and warmed) and /metrics (our histograms and counters included).
+
+Layers: routes (this file, serving/http.py, serving/api.py) -> services (serving/engines/, assembled
+in serving/platform.py) -> models (serving/registry.py: alias -> version -> cached files -> loaded).
+"""
+
+from __future__ import annotations
+
+import bentoml
+import torch
+from fastapi import Request
+from fastapi.responses import Response
+
+from serving.api import OpenAIHandlers, json_response
+from serving.http import create_app
+from serving.metrics import PrometheusObserver, record_request
+from serving.platform import Platform
+from serving.registry import load_models
+from serving.schemas import ChatCompletionRequest, EmbeddingRequest, RagRequest, SearchRequest
+from serving.settings import load_settings
+
+SETTINGS = load_settings()
+app = create_app(SETTINGS, on_request=record_request)
+
+
+@bentoml.service(
+    name="modelplatform",
+    # One worker: continuous batching shares decode steps only among requests in the same process, and
+    # each worker would hold its own copy of both models.
+    workers=1,
+    # Our own deadline (request_timeout_s -> 504 with an OpenAI body) must fire before BentoML's.
+    traffic={"timeout": int(SETTINGS.serving.request_timeout_s) + 30},
+)
+@bentoml.asgi_app(app, path="/v1")
+class ModelPlatform:
+    def __init__(self) -> None:
+        if SETTINGS.serving.torch_threads:
+            torch.set_num_threads(SETTINGS.serving.torch_threads)
+        self.platform = Platform.build(load_models(SETTINGS), SETTINGS, observer=PrometheusObserver())
+        self.platform.start()
+        self.api = OpenAIHandlers(self.platform, SETTINGS)
+
+    def __is_ready__(self) -> bool:
+        return self.platform.is_ready()
+
+    @app.get("/models", response_model=None)
+    async def models(self) -> Response:
+        return json_response(self.api.models())
+
+    @app.post("/chat/completions", response_model=None)
+    async def chat_completions(self, body: ChatCompletionRequest, request: Request) -> Response:
+        out = await self.api.chat(body, request.state.log)
+        return out if isinstance(out, Response) else json_response(out)
+
+    @app.post("/embeddings", response_model=None)
+    async def embeddings(self, body: EmbeddingRequest, request: Request) -> Response:
+        return json_response(await self.api.embeddings(body, request.state.log))
+
+    @app.post("/search", response_model=None)
+    async def search(self, body: SearchRequest, request: Request) -> Response:
+        return json_response(await self.api.search(body, request.state.log))
+
+    @app.post("/rag", response_model=None)
+    async def rag(self, body: RagRequest, request: Request) -> Response:
+        out = await self.api.rag(body, request.state.log)
+        return out if isinstance(out, Response) else json_response(out)

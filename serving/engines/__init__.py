@@ -1,0 +1,1 @@
+"""Services layer: engines that batch, schedule, retrieve and orchestrate. No HTTP knowledge here."""

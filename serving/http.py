@@ -1,0 +1,194 @@
+"""The HTTP edge: the FastAPI app BentoML mounts, error translation, SSE framing, auth, limits, logs.
+
+Everything protocol-level that is not one endpoint's business lives here: the one place exceptions
+become HTTP responses (via `serving.errors.to_openai_error`), request-size limits, API keys and
+per-key rate limits, request ids, per-request structured logs and request metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from core.log import get_logger
+from serving.errors import (
+    PayloadTooLarge,
+    RateLimited,
+    ServingError,
+    Unauthorized,
+    from_validation_errors,
+    to_openai_error,
+)
+from serving.settings import Settings
+
+log = get_logger("serving.requests")
+
+KNOWN_ROUTES = ("/v1/chat/completions", "/v1/embeddings", "/v1/models", "/v1/search", "/v1/rag")
+
+
+def error_response(exc: BaseException) -> JSONResponse:
+    err = to_openai_error(exc)
+    if err.status >= 500 and not isinstance(exc, ServingError):
+        log.error("unhandled error: %r", exc, exc_info=exc)
+    return JSONResponse(err.body, status_code=err.status, headers=err.headers)
+
+
+def sse(payload: BaseModel | dict[str, Any]) -> str:
+    """One server-sent event in the OpenAI framing (`data: {...}` and a blank line)."""
+    body = payload.model_dump_json(exclude_none=True) if isinstance(payload, BaseModel) else json.dumps(payload)
+    return f"data: {body}\n\n"
+
+
+async def sse_stream(events: AsyncIterator[BaseModel | dict[str, Any]]) -> AsyncIterator[str]:
+    """Frame events as SSE and end with `data: [DONE]`.
+
+    An error after the response has started cannot change the status any more: it is sent as an error
+    event (the openai SDK raises it as an APIError) and the stream ends without [DONE].
+    Cancellation (client gone) is not caught: it must reach the engine to free the slot.
+    """
+    try:
+        async for event in events:
+            yield sse(event)
+    except Exception as e:
+        yield sse(to_openai_error(e).body)
+        if not isinstance(e, ServingError):
+            log.error("stream failed: %r", e, exc_info=e)
+        return
+    yield "data: [DONE]\n\n"
+
+
+class RateLimiter:
+    """Token bucket per client key: `per_minute` requests a minute, bursts up to the same number."""
+
+    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = per_minute / 60.0
+        self.capacity = float(per_minute)
+        self.clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def acquire(self, key: str) -> float | None:
+        """Take one token for `key`; None if granted, else seconds until one is available."""
+        with self._lock:
+            now = self.clock()
+            tokens, last = self._buckets.get(key, (self.capacity, now))
+            tokens = min(self.capacity, tokens + (now - last) * self.rate)
+            if tokens >= 1:
+                self._buckets[key] = (tokens - 1, now)
+                return None
+            self._buckets[key] = (tokens, now)
+            return (1 - tokens) / self.rate
+
+
+class EdgeMiddleware:
+    """Pure ASGI (streams and client disconnects pass through untouched, unlike BaseHTTPMiddleware)."""
+
+    def __init__(self, app: ASGIApp, settings: Settings, on_request: Callable[[str, int, float], None]) -> None:
+        self.app = app
+        self.settings = settings.serving
+        self.on_request = on_request
+        self.limiter = RateLimiter(self.settings.rate_limit_per_minute) if self.settings.rate_limit_per_minute else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.monotonic()
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        request_id = headers.get("x-request-id") or uuid.uuid4().hex[:16]
+        path = scope.get("root_path", "") + scope["path"] if not scope["path"].startswith("/v1") else scope["path"]
+        route = path if path in KNOWN_ROUTES else "other"
+        info: dict[str, Any] = {}
+        scope.setdefault("state", {})["log"] = info
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        try:
+            refusal = self._refuse(headers, scope)
+            if refusal is not None:
+                await error_response(refusal)(scope, receive, send_with_id)
+                return
+            await self.app(scope, self._limited_receive(receive), send_with_id)
+        finally:
+            seconds = time.monotonic() - start
+            self.on_request(route, status, seconds)
+            fields = " ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in info.items())
+            log.info(
+                "request_id=%s route=%s status=%d latency_ms=%.1f %s",
+                request_id,
+                route,
+                status,
+                seconds * 1000,
+                fields,
+            )
+
+    def _refuse(self, headers: dict[str, str], scope: Scope) -> ServingError | None:
+        key = None
+        if self.settings.api_keys:
+            auth = headers.get("authorization", "")
+            key = auth.removeprefix("Bearer ").strip() if auth.startswith("Bearer ") else None
+            if key not in self.settings.api_keys:
+                return Unauthorized("missing or invalid API key: send `Authorization: Bearer <key>`")
+        length = headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.settings.max_body_bytes:
+            return PayloadTooLarge(f"request body is {length} bytes; the limit is {self.settings.max_body_bytes}")
+        if self.limiter is not None:
+            client = key or (scope.get("client") or ("anonymous",))[0]
+            wait = self.limiter.acquire(str(client))
+            if wait is not None:
+                return RateLimited(
+                    f"rate limit of {self.settings.rate_limit_per_minute} requests/minute exceeded",
+                    retry_after_s=max(1, round(wait + 0.5)),
+                )
+        return None
+
+    def _limited_receive(self, receive: Receive) -> Receive:
+        limit, seen = self.settings.max_body_bytes, 0
+
+        async def wrapped() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:  # a chunked body with no Content-Length
+                    raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+            return message
+
+        return wrapped
+
+
+def create_app(settings: Settings, on_request: Callable[[str, int, float], None]) -> FastAPI:
+    """The FastAPI app for the OpenAI-compatible routes (the routes themselves live in service.py)."""
+    app = FastAPI(title="modelplatform OpenAI-compatible API", docs_url=None, redoc_url=None)
+
+    @app.exception_handler(ServingError)
+    async def _domain(_: Request, exc: ServingError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(from_validation_errors(list(exc.errors())))
+
+    @app.exception_handler(Exception)
+    async def _bug(_: Request, exc: Exception) -> JSONResponse:
+        return error_response(exc)
+
+    app.add_middleware(EdgeMiddleware, settings=settings, on_request=on_request)
+    return app

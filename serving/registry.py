@@ -1,0 +1,178 @@
+"""Model layer: resolve registry aliases to versions, cache their artifacts by version, load them.
+
+    resolve   `models:/<name>@<alias>` -> version (MlflowClient)
+    cache     download that version once into `<cache_dir>/<name>/<version>/` (complete marker last)
+    load      core.loading (the same functions evaluation uses), from the cached folder
+    verify    the active Chroma collection was built by the served embedder version
+
+If the registry cannot be reached (or no longer knows the alias), start-up falls back to the version
+this alias resolved to last time, else the newest cached version, and says so in the log.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from chromadb.api.models.Collection import Collection
+
+from core.loading import load_chat, load_embedder
+from core.log import get_logger
+from core.vectorstore import ActiveIndex, chroma_client, read_active
+from serving.errors import StartupError
+from serving.settings import Settings
+
+log = get_logger(__name__)
+_MARKER = "_complete.json"
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """Which registry version is being served, and where its files are."""
+
+    name: str
+    alias: str
+    version: str
+    path: Path
+    from_cache_only: bool
+    """True when the registry could not be reached and the cache supplied the version."""
+
+    def uri(self) -> str:
+        # A file URI makes core.loading take its MLflow path (the folder is an MLflow model, not a bare
+        # transformers/sentence-transformers folder).
+        return self.path.resolve().as_uri()
+
+
+def _registry_reachable(tracking_uri: str) -> None:
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri.removeprefix("sqlite:///"))
+        if not db.exists():  # MlflowClient would silently create an empty database here
+            raise StartupError(f"the registry database {db} does not exist")
+
+
+def resolve_version(name: str, alias: str, tracking_uri: str) -> str:
+    """The version `name@alias` points at in the registry.
+
+    Raises:
+        StartupError: the registry is unreachable or has no such alias.
+    """
+    from mlflow import MlflowClient
+
+    _registry_reachable(tracking_uri)
+    try:
+        return str(
+            MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+            .get_model_version_by_alias(name, alias)
+            .version
+        )
+    except Exception as e:
+        raise StartupError(f"cannot resolve models:/{name}@{alias} in {tracking_uri}: {e}") from e
+
+
+def _download(name: str, version: str, tracking_uri: str, dest: Path) -> None:
+    import mlflow
+
+    tmp = dest.with_name(dest.name + f".partial-{int(time.time())}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    mlflow.set_registry_uri(tracking_uri)
+    mlflow.artifacts.download_artifacts(
+        artifact_uri=f"models:/{name}/{version}", dst_path=str(tmp), tracking_uri=tracking_uri
+    )
+    (tmp / _MARKER).write_text(json.dumps({"name": name, "version": version, "downloaded_at": time.time()}))
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+
+
+def _cached_versions(root: Path) -> list[str]:
+    if not root.is_dir():
+        return []
+    done = [p.name for p in root.iterdir() if (p / _MARKER).exists()]
+    return sorted(done, key=lambda v: (len(v), v))  # registry versions are integers as strings
+
+
+def fetch(name: str, alias: str, settings: Settings) -> ServedModel:
+    """Resolve `name@alias` and make sure that version is in the local cache.
+
+    Raises:
+        StartupError: neither the registry nor the cache can supply a version.
+    """
+    root = settings.cache_root() / name
+    pointer = root / f"alias-{alias}.json"
+    try:
+        version = resolve_version(name, alias, settings.tracking_uri)
+    except StartupError as e:
+        cached = _cached_versions(root)
+        last = json.loads(pointer.read_text())["version"] if pointer.exists() else None
+        version_from_cache = last if last in cached else (cached[-1] if cached else None)
+        if version_from_cache is None:
+            raise StartupError(f"{e}; and no cached version under {root}: run the pipeline (`dvc repro`)") from None
+        how = "the version this alias had last time" if version_from_cache == last else "the newest cached version"
+        log.warning(
+            "registry unreachable; serving %s version %s from the cache (%s) reason=%r",
+            name,
+            version_from_cache,
+            how,
+            str(e),
+        )
+        return ServedModel(name, alias, version_from_cache, root / version_from_cache, True)
+    dest = root / version
+    if not (dest / _MARKER).exists():
+        log.info("downloading %s version %s into %s", name, version, dest)
+        _download(name, version, settings.tracking_uri, dest)
+    else:
+        log.info("%s version %s found in the cache %s", name, version, dest)
+    pointer.write_text(json.dumps({"version": version}))
+    return ServedModel(name, alias, version, dest, False)
+
+
+@dataclass
+class LoadedModels:
+    embedder_info: ServedModel
+    chat_info: ServedModel
+    embedder: object  # SentenceTransformer
+    chat_model: object  # PreTrainedModel
+    tokenizer: object  # PreTrainedTokenizerBase
+    index: ActiveIndex
+    collection: Collection
+
+
+def open_index(settings: Settings, embedder: ServedModel) -> tuple[ActiveIndex, Collection]:
+    """The active Chroma collection, checked against the served embedder.
+
+    Raises:
+        StartupError: no active index, or it was built by another embedder name/version.
+    """
+    client = chroma_client(settings.index)
+    active = read_active(client)
+    where = settings.index.chroma_host or settings.index.chroma_dir()
+    if active is None:
+        raise StartupError(f"no active Chroma index in {where}: run the pipeline (`dvc repro`) to build one")
+    if (active.embedder_name, active.embedder_version) != (embedder.name, embedder.version):
+        raise StartupError(
+            f"the active Chroma collection {active.collection} was built by {active.embedder_name} version "
+            f"{active.embedder_version}, but serving would embed queries with {embedder.name} version "
+            f"{embedder.version} (models:/{embedder.name}@{embedder.alias}); rebuild the index (`dvc repro index`) "
+            f"or serve the matching embedder version"
+        )
+    return active, client.get_collection(active.collection, embedding_function=None)
+
+
+def load_models(settings: Settings) -> LoadedModels:
+    """Resolve, cache, verify and load both models and the index (start-up only)."""
+    emb_info = fetch(settings.embedder_name, settings.serving.embedder_alias, settings)
+    chat_info = fetch(settings.chat_name, settings.serving.chat_alias, settings)
+    index, collection = open_index(settings, emb_info)  # fail fast, before loading weights
+    embedder = load_embedder(emb_info.uri())
+    chat_model, tokenizer = load_chat(chat_info.uri())
+    log.info(
+        "loaded embedder=%s chat=%s index=%s (%d chunks)",
+        emb_info.version,
+        chat_info.version,
+        index.collection,
+        index.count,
+    )
+    return LoadedModels(emb_info, chat_info, embedder, chat_model, tokenizer, index, collection)

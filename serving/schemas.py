@@ -1,0 +1,298 @@
+"""The wire format: OpenAI-compatible pydantic schemas for every route, plus /v1/search and /v1/rag.
+
+Requests validate themselves (field constraints, `model_validator`) and convert themselves into the
+engines' plain types (`to_sampling`); responses are built from the engines' results. Nothing here
+runs a model or knows about BentoML.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+import uuid
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from serving.engines.types import Completion, SamplingParams, SearchHit
+
+
+class _Request(BaseModel):
+    # Unknown fields are ignored, as OpenAI-compatible servers do (SDKs send e.g. `user`); fields we cannot
+    # honour (tools, logprobs, n>1) are declared and refused with a 400 that says so.
+    model_config = ConfigDict(extra="ignore")
+
+
+# ---- chat completions ------------------------------------------------------------------------------
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart]
+
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+    def as_template_message(self) -> dict[str, str]:
+        # `developer` is OpenAI's newer name for `system`; chat templates know only `system`.
+        return {"role": "system" if self.role == "developer" else self.role, "content": self.text()}
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(_Request):
+    model: str
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: int = 1
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    tools: list[Any] | None = None
+    logprobs: bool | None = None
+    # RAG extras (`model: "rag"`), sent by OpenAI clients through `extra_body`
+    top_k: int | None = Field(default=None, ge=1)
+    filter: dict[str, Any] | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, v: str | list[str] | None) -> list[str] | None:
+        if v is None:
+            return None
+        stops = [v] if isinstance(v, str) else v
+        if len(stops) > 4 or any(not s for s in stops):
+            raise ValueError("stop takes at most 4 non-empty strings")
+        return stops
+
+    @model_validator(mode="after")
+    def _supported(self) -> ChatCompletionRequest:
+        if self.n != 1:
+            raise ValueError("n must be 1: this server returns one choice per request (send n requests instead)")
+        if self.tools:
+            raise ValueError("tools are not supported by this server's chat model")
+        if self.logprobs:
+            raise ValueError("logprobs are not supported by this server")
+        return self
+
+    def requested_max_tokens(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+    def to_sampling(self, default_max_tokens: int) -> SamplingParams:
+        return SamplingParams(
+            max_tokens=self.requested_max_tokens() or default_max_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            stop=tuple(self.stop or ()),  # type: ignore[arg-type]
+            seed=self.seed,
+        )
+
+    def template_messages(self) -> list[dict[str, str]]:
+        return [m.as_template_message() for m in self.messages]
+
+    def last_user_text(self) -> str | None:
+        users = [m for m in self.messages if m.role == "user"]
+        return users[-1].text() if users else None
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int = 0
+    total_tokens: int
+
+
+def usage(prompt_tokens: int, completion_tokens: int = 0) -> Usage:
+    return Usage(
+        prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens
+    )
+
+
+class SearchResult(BaseModel):
+    id: str
+    text: str
+    score: float
+    source: str | None
+    metadata: dict[str, Any]
+
+    @classmethod
+    def of(cls, hit: SearchHit) -> SearchResult:
+        return cls(id=hit.id, text=hit.text, score=hit.score, source=hit.source, metadata=hit.metadata)
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class Choice(BaseModel):
+    index: int = 0
+    message: AssistantMessage
+    finish_reason: Literal["stop", "length"]
+    logprobs: None = None
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage
+    sources: list[SearchResult] | None = None
+    """RAG only: the passages the answer was generated from."""
+
+    @classmethod
+    def of(cls, model: str, result: Completion, sources: list[SearchHit] | None = None) -> ChatCompletion:
+        return cls(
+            id=new_id("chatcmpl"),
+            created=int(time.time()),
+            model=model,
+            choices=[Choice(message=AssistantMessage(content=result.text), finish_reason=result.finish_reason)],
+            usage=usage(result.prompt_tokens, result.completion_tokens),
+            sources=[SearchResult.of(h) for h in sources] if sources is not None else None,
+        )
+
+
+class Delta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChunkChoice(BaseModel):
+    index: int = 0
+    delta: Delta
+    finish_reason: Literal["stop", "length"] | None = None
+    logprobs: None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
+    sources: list[SearchResult] | None = None
+
+
+# ---- embeddings ------------------------------------------------------------------------------------
+
+
+class EmbeddingRequest(_Request):
+    model: str
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(default=None, ge=1)
+
+    @field_validator("input")
+    @classmethod
+    def _texts_only(cls, v: Any) -> Any:
+        if isinstance(v, list) and v and not isinstance(v[0], str):
+            raise ValueError(
+                "token-id input is not supported (ids from another tokenizer mean nothing to this model): send "
+                "strings; with LangChain's OpenAIEmbeddings set check_embedding_ctx_length=False"
+            )
+        if isinstance(v, list) and not v:
+            raise ValueError("input must not be an empty list")
+        return v
+
+    def texts(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input)  # type: ignore[arg-type]
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage
+
+    @classmethod
+    def of(cls, model: str, vectors: np.ndarray, fmt: str, prompt_tokens: int) -> EmbeddingResponse:
+        vectors = np.asarray(vectors, dtype=np.float32)  # (n, dim); base64 is of little-endian float32, as OpenAI's
+        data = [
+            Embedding(
+                index=i,
+                embedding=base64.b64encode(v.astype("<f4").tobytes()).decode() if fmt == "base64" else v.tolist(),
+            )
+            for i, v in enumerate(vectors)
+        ]
+        return cls(
+            data=data, model=model, usage=EmbeddingUsage(prompt_tokens=prompt_tokens, total_tokens=prompt_tokens)
+        )
+
+
+# ---- models ----------------------------------------------------------------------------------------
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "modelplatform"
+    version: str
+    """Registry version served (for `rag`: chat and embedder versions)."""
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+# ---- search and RAG --------------------------------------------------------------------------------
+
+
+class SearchRequest(_Request):
+    query: str = Field(min_length=1)
+    top_k: int = Field(default=5, ge=1)
+    filter: dict[str, Any] | None = None
+
+
+class SearchResponse(BaseModel):
+    results: list[SearchResult]
+    model: str
+
+
+class RagRequest(_Request):
+    question: str = Field(min_length=1)
+    top_k: int | None = Field(default=None, ge=1)
+    filter: dict[str, Any] | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    stream: bool = False
+
+    def to_sampling(self, default_max_tokens: int) -> SamplingParams:
+        return SamplingParams(max_tokens=self.max_tokens or default_max_tokens, temperature=self.temperature)
+
+
+class RagResponse(BaseModel):
+    answer: str
+    sources: list[SearchResult]
+    usage: Usage
+    finish_reason: Literal["stop", "length"]
+    model: str
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"

@@ -1,0 +1,81 @@
+"""Serving settings: `params.yaml`'s `serving` section plus environment overrides, read in one place.
+
+Every field of `core.config.ServingParams` can be overridden by `SERVING_<FIELD>` (upper case), e.g.
+`SERVING_API_KEYS=key1,key2` or `SERVING_CHAT_MAX_BATCH_SIZE=8`; the value is validated like the file's.
+The registry comes from `MLFLOW_TRACKING_URI` (via `core.config.tracking_uri`), the Chroma index from
+`params.yaml`'s `index` section. Nothing else in `serving/` reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from core.config import ConfigError, IndexParams, Params, ServingParams, load_params, tracking_uri
+from core.paths import PROJECT_ROOT
+
+ENV_PREFIX = "SERVING_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the serving layer reads at start-up."""
+
+    serving: ServingParams
+    index: IndexParams
+    chat_name: str
+    embedder_name: str
+    tracking_uri: str
+
+    def cache_root(self) -> Path:
+        p = Path(self.serving.cache_dir)
+        return p if p.is_absolute() else PROJECT_ROOT / p
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for name in ServingParams.model_fields:
+        raw = environ.get(ENV_PREFIX + name.upper())
+        if raw is None:
+            continue
+        if name == "api_keys":
+            out[name] = tuple(k.strip() for k in raw.split(",") if k.strip())
+        elif raw.strip().lower() in ("", "none", "null"):
+            out[name] = None
+        else:
+            out[name] = raw
+    return out
+
+
+def load_settings(params: Params | None = None, environ: dict[str, str] | None = None) -> Settings:
+    """Build the serving settings.
+
+    Args:
+        params: parsed params (default: the project's `params.yaml`).
+        environ: environment to read overrides from (default: `os.environ`).
+
+    Returns:
+        Validated, frozen settings.
+
+    Raises:
+        ConfigError: an override is invalid; the message names the variable and why.
+    """
+    p = params if params is not None else load_params()
+    env = dict(os.environ) if environ is None else environ
+    overrides = _env_overrides(env)
+    try:
+        serving = ServingParams.model_validate({**p.serving.model_dump(), **overrides})
+    except ValidationError as e:
+        why = "; ".join(f"{ENV_PREFIX}{'.'.join(map(str, x['loc'])).upper()}: {x['msg']}" for x in e.errors())
+        raise ConfigError(f"invalid serving override: {why}") from None
+    uri = env.get("MLFLOW_TRACKING_URI") or tracking_uri()
+    return Settings(
+        serving=serving,
+        index=p.index,
+        chat_name=p.models.chat_name,
+        embedder_name=p.models.embedder_name,
+        tracking_uri=uri,
+    )

@@ -1,0 +1,240 @@
+"""Serving units without models or a server: settings, errors, schemas, SSE framing, rate limits, batcher."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from core.config import ConfigError, load_params
+from serving.engines.embedder import EmbedderEngine
+from serving.errors import (
+    ContextLengthExceeded,
+    ModelNotFound,
+    PayloadTooLarge,
+    QueueFull,
+    RequestTimeout,
+    from_validation_errors,
+    to_openai_error,
+)
+from serving.http import RateLimiter, create_app, sse_stream
+from serving.schemas import ChatCompletionRequest, EmbeddingRequest, EmbeddingResponse, SearchRequest
+from serving.settings import load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+# ---- settings --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["params.yaml", "profiles/tiny.yaml"])
+def test_shipped_profiles_have_valid_serving_settings(name: str) -> None:
+    s = load_settings(load_params(ROOT / name), environ={})
+    assert s.serving.chat_max_batch_size >= 1
+    assert s.cache_root().is_relative_to(ROOT / "state")
+
+
+def test_env_overrides_are_typed_and_validated() -> None:
+    env = {"SERVING_API_KEYS": "k1, k2", "SERVING_CHAT_MAX_BATCH_SIZE": "8", "MLFLOW_TRACKING_URI": "http://x:5000"}
+    s = load_settings(load_params(ROOT / "params.yaml"), environ=env)
+    assert s.serving.api_keys == ("k1", "k2")
+    assert s.serving.chat_max_batch_size == 8
+    assert s.tracking_uri == "http://x:5000"
+    with pytest.raises(ConfigError, match="SERVING_CHAT_MAX_BATCH_SIZE"):
+        load_settings(load_params(ROOT / "params.yaml"), environ={"SERVING_CHAT_MAX_BATCH_SIZE": "zero"})
+
+
+# ---- errors ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("exc", "status", "retry"),
+    [
+        (ContextLengthExceeded("too long", param="messages"), 400, False),
+        (ModelNotFound("no such model", param="model"), 404, False),
+        (PayloadTooLarge("big"), 413, False),
+        (QueueFull("full", retry_after_s=2), 429, True),
+        (RequestTimeout("slow"), 504, False),
+        (RuntimeError("bug"), 500, False),
+    ],
+)
+def test_one_mapping_to_openai_errors(exc: BaseException, status: int, retry: bool) -> None:
+    err = to_openai_error(exc)
+    assert err.status == status
+    assert set(err.body["error"]) == {"message", "type", "param", "code"}
+    assert ("Retry-After" in err.headers) is retry
+    if status == 500:
+        assert "bug" not in err.body["error"]["message"]  # internals are not leaked
+
+
+def test_validation_errors_name_the_field() -> None:
+    with pytest.raises(ValidationError) as info:
+        ChatCompletionRequest.model_validate({"model": "chat", "messages": [], "temperature": 5})
+    err = from_validation_errors(info.value.errors())  # type: ignore[arg-type]
+    assert err.status == 400 and err.param in {"messages", "temperature"}
+    assert "temperature" in err.message and "messages" in err.message
+
+
+# ---- schemas ---------------------------------------------------------------------------------------
+
+
+def test_chat_request_refuses_what_it_cannot_honour() -> None:
+    base = {"model": "chat", "messages": [{"role": "user", "content": "hi"}]}
+    with pytest.raises(ValidationError, match="n must be 1"):
+        ChatCompletionRequest.model_validate({**base, "n": 2})
+    with pytest.raises(ValidationError, match="stop"):
+        ChatCompletionRequest.model_validate({**base, "stop": ["a", "b", "c", "d", "e"]})
+    req = ChatCompletionRequest.model_validate(
+        {**base, "max_completion_tokens": 7, "stop": "\n", "user": "ignored", "temperature": 0}
+    )
+    params = req.to_sampling(default_max_tokens=99)
+    assert (params.max_tokens, params.stop, params.temperature) == (7, ("\n",), 0.0)
+
+
+def test_chat_request_accepts_content_parts_and_developer_role() -> None:
+    req = ChatCompletionRequest.model_validate(
+        {
+            "model": "chat",
+            "messages": [
+                {"role": "developer", "content": "be brief"},
+                {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+            ],
+        }
+    )
+    assert req.template_messages() == [{"role": "system", "content": "be brief"}, {"role": "user", "content": "ab"}]
+
+
+def test_embeddings_base64_is_little_endian_float32() -> None:
+    v = np.array([[0.5, -0.25, 1.0]], dtype=np.float32)
+    out = EmbeddingResponse.of("embedder", v, "base64", prompt_tokens=3)
+    decoded = np.frombuffer(base64.b64decode(out.data[0].embedding), dtype="<f4")  # type: ignore[arg-type]
+    assert np.array_equal(decoded, v[0])
+    assert EmbeddingResponse.of("embedder", v, "float", 3).data[0].embedding == [0.5, -0.25, 1.0]
+
+
+def test_embeddings_refuse_token_ids_with_the_fix() -> None:
+    with pytest.raises(ValidationError, match="check_embedding_ctx_length"):
+        EmbeddingRequest.model_validate({"model": "embedder", "input": [[1, 2, 3]]})
+    assert EmbeddingRequest.model_validate({"model": "embedder", "input": "x"}).texts() == ["x"]
+
+
+# ---- SSE framing -----------------------------------------------------------------------------------
+
+
+async def _collect(agen) -> list[str]:  # type: ignore[no-untyped-def]
+    return [x async for x in agen]
+
+
+def test_sse_frames_and_done() -> None:
+    async def events():  # type: ignore[no-untyped-def]
+        yield {"a": 1}
+        yield {"b": 2}
+
+    out = asyncio.run(_collect(sse_stream(events())))
+    assert out == ['data: {"a": 1}\n\n', 'data: {"b": 2}\n\n', "data: [DONE]\n\n"]
+
+
+def test_sse_error_after_start_is_an_error_event_without_done() -> None:
+    async def events():  # type: ignore[no-untyped-def]
+        yield {"a": 1}
+        raise RequestTimeout("too slow")
+
+    out = asyncio.run(_collect(sse_stream(events())))
+    assert json.loads(out[-1].removeprefix("data: "))["error"]["code"] == "timeout"
+    assert "data: [DONE]\n\n" not in out
+
+
+# ---- rate limiter ----------------------------------------------------------------------------------
+
+
+def test_rate_limiter_is_per_key_and_refills() -> None:
+    now = [0.0]
+    rl = RateLimiter(per_minute=2, clock=lambda: now[0])
+    assert rl.acquire("a") is None and rl.acquire("a") is None
+    wait = rl.acquire("a")
+    assert wait is not None and 0 < wait <= 30
+    assert rl.acquire("b") is None  # another key has its own bucket
+    now[0] += 30.0
+    assert rl.acquire("a") is None
+
+
+# ---- embedder micro-batcher (fake model: the batching, not the maths) ------------------------------
+
+
+class _FakeTokenizer:
+    def __call__(self, texts: list[str], add_special_tokens: bool = True) -> dict[str, list[list[int]]]:
+        return {"input_ids": [[0] * (len(t.split()) + 2) for t in texts]}
+
+
+class _FakeST:
+    max_seq_length = 8
+
+    def __init__(self) -> None:
+        self.tokenizer = _FakeTokenizer()
+        self.batches: list[int] = []
+
+    def get_embedding_dimension(self) -> int:
+        return 2
+
+    def encode(self, texts: list[str], **_: object) -> np.ndarray:
+        self.batches.append(len(texts))
+        return np.array([[len(t), 1.0] for t in texts], dtype=np.float32)
+
+
+def test_concurrent_requests_share_forward_passes() -> None:
+    model = _FakeST()
+    engine = EmbedderEngine(model, max_batch_size=16, max_wait_ms=20)  # type: ignore[arg-type]
+
+    async def main() -> list[np.ndarray]:
+        return await asyncio.gather(*(engine.embed(["x" * i]) for i in range(1, 21)))
+
+    results = asyncio.run(main())
+    assert [int(r[0][0]) for r in results] == list(range(1, 21))  # each caller gets its own vector back
+    assert sum(model.batches) == 20 and max(model.batches) == 16 and len(model.batches) <= 3
+
+
+def test_embedder_checks_before_queueing() -> None:
+    engine = EmbedderEngine(_FakeST(), max_inputs=3, max_queue=2)  # type: ignore[arg-type]
+    with pytest.raises(PayloadTooLarge):
+        engine.check(["a"] * 4)
+    with pytest.raises(ContextLengthExceeded, match=r"input\[1\] has 12 tokens"):
+        engine.check(["short", " ".join(["w"] * 10)])
+    with pytest.raises(QueueFull):
+        asyncio.run(engine.embed(["a", "b", "c"]))
+
+
+# ---- the HTTP edge on a stand-in route: auth, rate limit, body limit, error bodies ------------------
+
+
+def test_edge_auth_rate_limit_and_body_limit() -> None:
+    from fastapi.testclient import TestClient
+
+    env = {"SERVING_API_KEYS": "good", "SERVING_RATE_LIMIT_PER_MINUTE": "3", "SERVING_MAX_BODY_BYTES": "2048"}
+    seen: list[tuple[str, int]] = []
+    app = create_app(load_settings(load_params(ROOT / "params.yaml"), environ=env), lambda r, s, _: seen.append((r, s)))
+
+    @app.post("/v1/search")
+    async def search(body: SearchRequest) -> dict[str, str]:
+        if body.query == "busy":
+            raise QueueFull("full", retry_after_s=1)
+        return {"ok": body.query}
+
+    c = TestClient(app)
+    ok = {"Authorization": "Bearer good"}
+    assert c.post("/v1/search", json={"query": "a"}).status_code == 401
+    assert c.post("/v1/search", json={"query": "a"}, headers={"Authorization": "Bearer bad"}).status_code == 401
+    r = c.post("/v1/search", json={"query": "a"}, headers=ok)
+    assert r.status_code == 200 and r.headers["x-request-id"]
+    busy = c.post("/v1/search", json={"query": "busy"}, headers=ok)
+    assert busy.status_code == 429 and busy.headers["retry-after"] == "1"
+    assert c.post("/v1/search", json={"query": "x" * 4000}, headers=ok).status_code == 413
+    assert c.post("/v1/search", json={"query": "a"}, headers=ok).status_code == 200  # 3rd of 3 a minute
+    limited = c.post("/v1/search", json={"query": "a"}, headers=ok)
+    assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
+    assert limited.json()["error"]["code"] == "rate_limit_exceeded"
+    assert ("/v1/search", 401) in seen and ("/v1/search", 200) in seen
