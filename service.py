@@ -13,6 +13,9 @@ in serving/platform.py) -> models (serving/registry.py: alias -> version -> cach
 
 from __future__ import annotations
 
+import logging
+import os
+
 import bentoml
 import torch
 from fastapi import Request
@@ -41,6 +44,9 @@ app = create_app(SETTINGS, on_request=record_request)
 @bentoml.asgi_app(app, path="/v1")
 class ModelPlatform:
     def __init__(self) -> None:
+        # BentoML leaves the root logger at WARNING; our per-request and start-up lines are INFO.
+        for name in ("serving", "core"):
+            logging.getLogger(name).setLevel(os.environ.get("LOG_LEVEL", "INFO"))
         if SETTINGS.serving.torch_threads:
             torch.set_num_threads(SETTINGS.serving.torch_threads)
         self.platform = Platform.build(load_models(SETTINGS), SETTINGS, observer=PrometheusObserver())

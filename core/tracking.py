@@ -108,7 +108,7 @@ def _init_wandb(run_name: str, config: Mapping[str, Any], group: str) -> Any:
         name=run_name,
         group=group,
         config=dict(config),
-        mode=mode,
+        mode=mode,  # type: ignore[arg-type]
         dir=str(wdir),
         reinit="finish_previous",
         settings=wandb.Settings(silent=True, console="off"),

@@ -15,8 +15,8 @@ from tqdm import tqdm
 
 from core import paths
 from core.config import Params, params
-from core.loading import load_embedder
 from core.io import write_json
+from core.loading import load_embedder
 from core.log import get_logger
 from core.tracking import file_md5, setup_mlflow
 from core.vectorstore import POINTER, ActiveIndex, chroma_client, collection_name, read_active, switch_active
@@ -80,7 +80,7 @@ def build_index(p: Params) -> ActiveIndex:
             ids=part["chunk_id"].to_list(),
             documents=part["text"].to_list(),
             embeddings=embeddings[i : i + cfg.batch_size],
-            metadatas=part.select("doc_id", "source", "title", "heading", "position").to_dicts(),
+            metadatas=part.select("doc_id", "source", "title", "heading", "position").to_dicts(),  # type: ignore[arg-type]
         )
 
     # verify before switching: every chunk is there, and a chunk finds itself first

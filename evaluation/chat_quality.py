@@ -78,7 +78,7 @@ def generate_answers(
                 for q, c in zip(questions[i : i + batch_size], contexts[i : i + batch_size], strict=True)
             ]
             enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)  # type: ignore[operator]
             answers += tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
     return [a.strip() for a in answers]
 

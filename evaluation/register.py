@@ -43,7 +43,8 @@ def _pins(*packages: str) -> list[str]:
 def _log_datasets(files: dict[str, tuple[Path, str]]) -> None:
     for name, (path, context) in files.items():
         df = pl.read_parquet(path).to_pandas()
-        ds = mlflow.data.from_pandas(df, source=str(path.relative_to(paths.PROJECT_ROOT)), name=name)
+        source = str(path.relative_to(paths.PROJECT_ROOT))
+        ds = mlflow.data.from_pandas(df, source=source, name=name)  # type: ignore[attr-defined]
         mlflow.log_input(ds, context=context)
 
 

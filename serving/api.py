@@ -12,6 +12,7 @@ from typing import Any
 
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel
+from starlette.background import BackgroundTask
 
 from serving.engines.chat import GenerationHandle
 from serving.engines.types import SearchHit
@@ -91,9 +92,11 @@ class OpenAIHandlers:
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             events = self._chat_chunks(req.model, handle, sources, include_usage, log)
-            return StreamingResponse(sse_stream(events), media_type="text/event-stream", headers=SSE_HEADERS)
+            return _streaming(events, handle)
         result = await handle.result()
-        log.update(completion_tokens=result.completion_tokens, finish_reason=result.finish_reason)
+        log.update(
+            completion_tokens=result.completion_tokens, finish_reason=result.finish_reason, queue_ms=handle.queue_ms
+        )
         if self.log_text:
             log.update(answer=result.text)
         return ChatCompletion.of(req.model, result, sources)
@@ -122,7 +125,9 @@ class OpenAIHandlers:
                 yield chunk(Delta(content=d.text))
             if d.finish_reason is not None:
                 yield chunk(Delta(), d.finish_reason)
-                log.update(completion_tokens=d.completion_tokens, finish_reason=d.finish_reason)
+                log.update(
+                    completion_tokens=d.completion_tokens, finish_reason=d.finish_reason, queue_ms=handle.queue_ms
+                )
                 if include_usage:  # OpenAI: the usage chunk has empty choices and comes before [DONE]
                     yield ChatCompletionChunk(
                         id=cid,
@@ -168,13 +173,9 @@ class OpenAIHandlers:
         log.update(model=RAG, version=self.platform.chat_info.version, prompt_tokens=run.generation.prompt_tokens)
         sources = [SearchResult.of(h) for h in run.sources]
         if req.stream:
-            return StreamingResponse(
-                sse_stream(self._rag_events(run.generation, sources, log)),
-                media_type="text/event-stream",
-                headers=SSE_HEADERS,
-            )
+            return _streaming(self._rag_events(run.generation, sources, log), run.generation)
         result = await run.generation.result()
-        log.update(completion_tokens=result.completion_tokens)
+        log.update(completion_tokens=result.completion_tokens, queue_ms=run.generation.queue_ms)
         return RagResponse(
             answer=result.text,
             sources=sources,
@@ -192,11 +193,22 @@ class OpenAIHandlers:
             if d.text:
                 yield {"delta": d.text}
             if d.finish_reason is not None:
-                log.update(completion_tokens=d.completion_tokens)
+                log.update(completion_tokens=d.completion_tokens, queue_ms=handle.queue_ms)
                 yield {
                     "finish_reason": d.finish_reason,
                     "usage": usage(d.prompt_tokens, d.completion_tokens).model_dump(),
                 }
+
+
+def _streaming(events: AsyncIterator[Any], handle: GenerationHandle) -> StreamingResponse:
+    # The background task also runs when the client left before the first chunk (the event generator then
+    # never started, so its own cancellation path never ran): the slot is freed either way.
+    return StreamingResponse(
+        sse_stream(events),
+        media_type="text/event-stream",
+        headers=SSE_HEADERS,
+        background=BackgroundTask(handle.cancel),
+    )
 
 
 def json_response(model: BaseModel) -> JSONResponse:

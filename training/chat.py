@@ -39,15 +39,18 @@ def encode_example(
     answer_ids = tok(answer + tok.eos_token, add_special_tokens=False)["input_ids"]
 
     def prompt_ids(ctx: str) -> list[int]:
-        ids = tok.apply_chat_template(rag_messages(question, [ctx]), add_generation_prompt=True, tokenize=True)
-        return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+        # transformers 5 returns a BatchEncoding here (4.x returned a list of ids)
+        enc = tok.apply_chat_template(
+            rag_messages(question, [ctx]), add_generation_prompt=True, tokenize=True, return_dict=True
+        )
+        return list(enc["input_ids"])  # type: ignore[index,arg-type,call-overload]
 
     ids = prompt_ids(context)
     overflow = len(ids) + len(answer_ids) - max_length
     if overflow > 0:
-        ctx_ids = tok(context, add_special_tokens=False)["input_ids"]
+        ctx_ids: list[int] = tok(context, add_special_tokens=False)["input_ids"]
         keep = max(len(ctx_ids) - overflow - 4, 0)  # -4: re-tokenising a cut text can shift a few tokens
-        ids = prompt_ids(tok.decode(ctx_ids[:keep]))
+        ids = prompt_ids(str(tok.decode(ctx_ids[:keep])))
     answer_ids = answer_ids[: max(max_length - len(ids), 1)]
     return {"input_ids": ids + answer_ids, "labels": [IGNORE] * len(ids) + answer_ids}
 
@@ -71,7 +74,7 @@ def collate(tok: PreTrainedTokenizerBase, batch: list[dict[str, Any]]) -> dict[s
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
-def train_chat(p: Params, base_dir: Path, train_file: Path, out_dir: Path) -> dict[str, float | str]:
+def train_chat(p: Params, base_dir: Path, train_file: Path, out_dir: Path) -> dict[str, Any]:
     """LoRA-fine-tune the causal LM in `base_dir` on `train_file`, merge, and save it to `out_dir`.
 
     Returns:
@@ -83,7 +86,7 @@ def train_chat(p: Params, base_dir: Path, train_file: Path, out_dir: Path) -> di
     tok = AutoTokenizer.from_pretrained(str(base_dir))
     # fp32 for training on every device here: LoRA on a 135M model is small enough, and this CPU
     # has no fast bf16 path.
-    model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32).to(device)
+    model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32).to(device)  # type: ignore[arg-type]
     lora = LoraConfig(
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
@@ -133,11 +136,11 @@ def train_chat(p: Params, base_dir: Path, train_file: Path, out_dir: Path) -> di
         t0 = time.perf_counter()
         result = trainer.train()
         seconds = time.perf_counter() - t0
-        merged = model.merge_and_unload()
-        merged.save_pretrained(tmp)
+        merged = model.merge_and_unload()  # type: ignore[operator]
+        merged.save_pretrained(tmp)  # type: ignore[operator]
         tok.save_pretrained(tmp)
         swap_dir(tmp, out_dir)
-        summary: dict[str, float | str] = {
+        summary: dict[str, Any] = {
             "train_loss": float(result.training_loss),
             "steps": int(result.global_step),
             "train_seconds": round(seconds, 1),

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 from datasets import Dataset
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.losses import MultipleNegativesRankingLoss
-from sentence_transformers.trainer import SentenceTransformerTrainer
-from sentence_transformers.training_args import BatchSamplers, SentenceTransformerTrainingArguments
+from sentence_transformers.sentence_transformer.trainer import SentenceTransformerTrainer
+from sentence_transformers.sentence_transformer.training_args import (
+    BatchSamplers,
+    SentenceTransformerTrainingArguments,
+)
 
 from core import paths
 from core.config import Params, params
@@ -28,7 +32,7 @@ from training.common import TrackerCallback, seed_everything, swap_dir, write_lo
 log = get_logger(__name__)
 
 
-def train_embedder(p: Params, base_dir: Path, train_file: Path, out_dir: Path) -> dict[str, float | str]:
+def train_embedder(p: Params, base_dir: Path, train_file: Path, out_dir: Path) -> dict[str, Any]:
     """Fine-tune the sentence-transformers model in `base_dir` on `train_file`; save it to `out_dir`.
 
     Returns:
@@ -79,7 +83,7 @@ def train_embedder(p: Params, base_dir: Path, train_file: Path, out_dir: Path) -
         model.max_seq_length = window
         model.save(str(tmp))
         swap_dir(tmp, out_dir)
-        summary: dict[str, float | str] = {
+        summary: dict[str, Any] = {
             "train_loss": float(result.training_loss),
             "steps": int(result.global_step),
             "train_seconds": round(seconds, 1),

@@ -60,6 +60,7 @@ class _Seq:
         self.queue: asyncio.Queue[TokenDelta | BaseException] = asyncio.Queue()
         self.deadline = deadline
         self.enqueued_at = time.monotonic()
+        self.admitted_at: float | None = None
         self.last_emit_at: float | None = None
         self.generated: list[int] = []
         self.sent = 0  # characters of the decoded answer already handed out
@@ -109,6 +110,16 @@ class GenerationHandle:
         finally:
             # Also reached on CancelledError (client gone) and GeneratorExit: free the slot, never swallow.
             self._engine._cancel(seq)
+
+    @property
+    def queue_ms(self) -> float | None:
+        """Time spent waiting for a slot (None while still waiting)."""
+        s = self._seq
+        return None if s.admitted_at is None else round((s.admitted_at - s.enqueued_at) * 1000, 1)
+
+    def cancel(self) -> None:
+        """Free the slot (idempotent; a no-op once the generation has finished)."""
+        self._engine._cancel(self._seq)
 
     async def result(self) -> Completion:
         parts: list[str] = []
@@ -272,6 +283,7 @@ class ChatEngine:
                 seq.done = True
                 seq.deliver(RequestTimeout(f"the request waited past its {self.timeout_s:g}s timeout in the queue"))
                 continue
+            seq.admitted_at = now
             self.observer.queue_time(self.name, now - seq.enqueued_at)
             admitted.append(seq)
         return admitted

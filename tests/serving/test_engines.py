@@ -87,6 +87,7 @@ def test_stop_string_cuts_the_answer(engine: ChatEngine, chat_parts) -> None:  #
     prompt = engine.encode_messages([{"role": "user", "content": QUESTIONS[0]}])
     full = _reference(chat_parts, prompt, 12)
     stop = full.split()[2]  # a word that appears in the greedy answer
+
     async def run():  # type: ignore[no-untyped-def]
         return await engine.submit(prompt, SamplingParams(max_tokens=12, temperature=0, stop=(stop,))).result()
 

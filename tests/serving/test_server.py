@@ -207,3 +207,26 @@ def test_probes_and_metrics(server: Server) -> None:
     ):
         assert name in text, name
     assert 'route="/v1/chat/completions"' in text
+
+
+def test_client_disconnect_frees_generation_slots(server: Server) -> None:
+    """Fill all 4 slots with long streams, drop the connections, and the next 4 requests get slots (no 429)."""
+    body = {"model": "chat", "messages": [{"role": "user", "content": Q}], "max_tokens": 64, "stream": True}
+
+    async def run() -> list[int]:
+        for _ in range(4):
+            async with (
+                httpx.AsyncClient(timeout=60) as c,
+                c.stream("POST", f"{server.url}/v1/chat/completions", json=body) as r,
+            ):
+                assert r.status_code == 200
+                async for line in r.aiter_lines():
+                    if '"content"' in line:
+                        break  # leave mid-stream: the connection closes with the client
+        await asyncio.sleep(1.5)  # a few decode steps for the engine to notice
+        async with httpx.AsyncClient(timeout=120) as c:
+            short = {**body, "stream": False, "max_tokens": 2}
+            rs = await asyncio.gather(*(c.post(f"{server.url}/v1/chat/completions", json=short) for _ in range(4)))
+        return [r.status_code for r in rs]
+
+    assert asyncio.run(run()) == [200, 200, 200, 200]
