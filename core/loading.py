@@ -16,14 +16,17 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from core.device import pick_device, pick_dtype
 
 
-def _is_uri(source: str | Path) -> bool:
-    return isinstance(source, str) and ":/" in source and not Path(source).exists()
+def _is_mlflow(source: str | Path) -> bool:
+    """An MLflow model: a URI (`models:/...`, `runs:/...`, `file://...`) or a folder holding an MLmodel file."""
+    if isinstance(source, str) and ":/" in source and not Path(source).exists():
+        return True
+    return (Path(source) / "MLmodel").is_file()
 
 
 def load_embedder(source: str | Path, device: str | None = None) -> SentenceTransformer:
     """Load a sentence-transformers embedder from a folder or an MLflow model URI."""
     device = device or pick_device()
-    if _is_uri(source):
+    if _is_mlflow(source):
         import mlflow.sentence_transformers
 
         return mlflow.sentence_transformers.load_model(str(source)).to(device)
@@ -37,7 +40,7 @@ def load_chat(source: str | Path, device: str | None = None) -> tuple[PreTrained
     """
     device = device or pick_device()
     dtype = pick_dtype(device)
-    if _is_uri(source):
+    if _is_mlflow(source):
         import mlflow.transformers
 
         parts: dict[str, Any] = mlflow.transformers.load_model(str(source), return_type="components", torch_dtype=dtype)

@@ -54,6 +54,20 @@ def project_env(root: Path) -> dict[str, str]:
     return env
 
 
+def run(cmd: list[str], cwd: Path, timeout: int = 1500) -> subprocess.CompletedProcess[str]:
+    """Run a command in a project copy; fail the test with its output tail when it fails."""
+    proc = subprocess.run(cmd, cwd=cwd, env=project_env(cwd), capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
+    return proc
+
+
 @pytest.fixture(scope="session")
-def root() -> Path:
-    return ROOT
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real pipeline on the tiny profile, run once per session in a private copy of the project.
+
+    Shared by the end-to-end pipeline tests and the serving tests (which serve its champions).
+    """
+    repo = copy_project(tmp_path_factory.mktemp("project"))
+    shutil.copy(repo / "profiles" / "tiny.yaml", repo / "params.yaml")
+    run(["dvc", "repro"], repo)
+    return repo

