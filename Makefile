@@ -67,8 +67,8 @@ test: install lint
 test-fast: install
 	$(BIN)/pytest -m "not slow"
 
-bench: install
-	$(BIN)/pytest benchmarks --benchmark-only
+bench: pipeline
+	$(BIN)/python benchmarks/serving_throughput.py --streams 16 --clients 64
 
 clean:
 	rm -rf artifacts state

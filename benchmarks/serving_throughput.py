@@ -1,0 +1,177 @@
+"""Serving throughput: aggregate chat tokens/s at N concurrent streams vs 1, and embedding texts/s at
+N single-text clients vs 1. Ratios are against a baseline measured in the same run, on the same server.
+
+    make bench                                                   # starts `bentoml serve` itself
+    .venv/bin/python benchmarks/serving_throughput.py --url http://127.0.0.1:3000   # a running server
+
+The load client shares the machine's cores with the server: compare only figures from one run.
+Goodput counts 2xx answers only; errors are reported by count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+PROMPTS = [
+    "Explain what a Python decorator is.",
+    "How do I read a file line by line?",
+    "What does json.dumps do?",
+    "Describe list comprehensions.",
+]
+
+
+async def _stream(c: httpx.AsyncClient, url: str, i: int, max_tokens: int) -> tuple[int, float]:
+    body = {
+        "model": "chat",
+        "messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    start, ttft, tokens = time.perf_counter(), None, 0
+    async with c.stream("POST", f"{url}/v1/chat/completions", json=body) as r:
+        r.raise_for_status()
+        async for line in r.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            ev = json.loads(line[6:])
+            if ttft is None and ev.get("choices") and ev["choices"][0]["delta"].get("content"):
+                ttft = time.perf_counter() - start
+            if ev.get("usage"):
+                tokens = ev["usage"]["completion_tokens"]
+    return tokens, ttft or 0.0
+
+
+async def chat(url: str, n: int, max_tokens: int) -> dict[str, float]:
+    async with httpx.AsyncClient(timeout=600) as c:
+        start = time.perf_counter()
+        res = await asyncio.gather(*(_stream(c, url, i, max_tokens) for i in range(n)))
+        wall = time.perf_counter() - start
+    tokens = sum(t for t, _ in res)
+    return {
+        "streams": n,
+        "tokens": tokens,
+        "seconds": round(wall, 2),
+        "tokens_per_s": round(tokens / wall, 1),
+        "ttft_median_s": round(statistics.median(t for _, t in res), 2),
+    }
+
+
+async def embed(url: str, n: int, seconds: float) -> dict[str, float]:
+    done = errors = 0
+    stop = time.perf_counter() + seconds
+
+    async def client(c: httpx.AsyncClient, i: int) -> None:
+        nonlocal done, errors
+        while time.perf_counter() < stop:
+            r = await c.post(f"{url}/v1/embeddings", json={"model": "embedder", "input": f"query number {i} {done}"})
+            if r.status_code == 200:
+                done += 1
+            else:
+                errors += 1
+
+    limits = httpx.Limits(max_connections=n + 4)
+    async with httpx.AsyncClient(timeout=120, limits=limits) as c:
+        start = time.perf_counter()
+        await asyncio.gather(*(client(c, i) for i in range(n)))
+        wall = time.perf_counter() - start
+    return {"clients": n, "texts_per_s": round(done / wall, 1), "errors": errors}
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@contextmanager
+def started_server(timeout_s: float = 600) -> Iterator[str]:
+    """`bentoml serve` from the project root on a free loopback port, until ready; stopped on exit."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    bentoml = Path(sys.executable).parent / "bentoml"
+    log = open(ROOT / "state" / "bench-server.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [str(bentoml), "serve", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise SystemExit(f"server exited with {proc.returncode}; see state/bench-server.log")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        else:
+            raise SystemExit("server not ready in time; see state/bench-server.log")
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+        log.close()
+
+
+def run(a: argparse.Namespace, url: str) -> dict[str, object]:
+    one = asyncio.run(chat(url, 1, a.max_tokens))
+    many = asyncio.run(chat(url, a.streams, a.max_tokens))
+    result: dict[str, object] = {
+        "chat_1": one,
+        f"chat_{a.streams}": many,
+        "chat_ratio": round(many["tokens_per_s"] / one["tokens_per_s"], 2),
+    }
+    print(json.dumps(result), flush=True)
+    if not a.skip_embed:
+        e1 = asyncio.run(embed(url, 1, a.embed_seconds))
+        en = asyncio.run(embed(url, a.clients, a.embed_seconds))
+        result |= {
+            "embed_1": e1,
+            f"embed_{a.clients}": en,
+            "embed_ratio": round(en["texts_per_s"] / e1["texts_per_s"], 2),
+        }
+        print(json.dumps(result), flush=True)
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--url", default=None, help="a running server; default: start one from this project")
+    ap.add_argument("--streams", type=int, default=16)
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--clients", type=int, default=64)
+    ap.add_argument("--embed-seconds", type=float, default=15)
+    ap.add_argument("--skip-embed", action="store_true")
+    a = ap.parse_args()
+    if a.url:
+        result = run(a, a.url)
+    else:
+        with started_server() as url:
+            result = run(a, url)
+    out = ROOT / "state" / "bench" / "serving_throughput.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"written to {out.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
