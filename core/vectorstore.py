@@ -67,3 +67,17 @@ def switch_active(client: ClientAPI, active: ActiveIndex) -> None:
     """Point readers at `active.collection` (one metadata write)."""
     pointer = client.get_or_create_collection(POINTER, embedding_function=None)
     pointer.modify(metadata=active.to_metadata())
+
+
+def prune(client: ClientAPI, prefix: str, keep: int, active: str) -> list[str]:
+    """Delete all but the `keep` most recently built collections named `prefix-*`; never the active one.
+
+    Returns:
+        The names deleted.
+    """
+    ours = [c for c in client.list_collections() if c.name.startswith(prefix + "-") and c.name != active]
+    ours.sort(key=lambda c: float((c.metadata or {}).get("built_at", 0.0)), reverse=True)  # newest first
+    stale = [c.name for c in ours[max(keep - 1, 0) :]]
+    for name in stale:
+        client.delete_collection(name)
+    return stale

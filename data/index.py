@@ -8,6 +8,7 @@ both; serving refuses to start on a collection built by another embedder version
 from __future__ import annotations
 
 import sys
+import time
 
 import polars as pl
 from mlflow import MlflowClient
@@ -19,7 +20,7 @@ from core.io import write_json
 from core.loading import load_embedder
 from core.log import get_logger
 from core.tracking import file_md5, setup_mlflow
-from core.vectorstore import POINTER, ActiveIndex, chroma_client, collection_name, read_active, switch_active
+from core.vectorstore import ActiveIndex, chroma_client, collection_name, prune, read_active, switch_active
 
 log = get_logger(__name__)
 
@@ -66,6 +67,7 @@ def build_index(p: Params) -> ActiveIndex:
             "embedder_version": version,
             "data_md5": md5,
             "state": "building",
+            "built_at": time.time(),  # orders collections for pruning
         },
     )
     model = load_embedder(f"models:/{p.models.embedder_name}/{version}")
@@ -94,17 +96,9 @@ def build_index(p: Params) -> ActiveIndex:
 
     switch_active(client, target)
     log.info("switched active index to %s (%d chunks)", name, chunks.height)
-    _prune(client, cfg.collection_prefix, keep=cfg.keep_collections, active=name)
-    return target
-
-
-def _prune(client, prefix: str, keep: int, active: str) -> None:  # type: ignore[no-untyped-def]
-    """Delete all but the newest `keep` collections of ours (the active one always stays)."""
-    ours = [c for c in client.list_collections() if c.name.startswith(prefix + "-") and c.name != POINTER]
-    old = [c.name for c in ours if c.name != active]
-    for stale in sorted(old)[: max(len(old) - (keep - 1), 0)]:
-        client.delete_collection(stale)
+    for stale in prune(client, cfg.collection_prefix, keep=cfg.keep_collections, active=name):
         log.info("deleted old collection %s", stale)
+    return target
 
 
 def main() -> None:

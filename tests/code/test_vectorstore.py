@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from core.config import IndexParams
-from core.vectorstore import ActiveIndex, chroma_client, collection_name, read_active, switch_active
+from core.vectorstore import ActiveIndex, chroma_client, collection_name, prune, read_active, switch_active
 
 
 def _client(tmp_path: Path):  # type: ignore[no-untyped-def]
@@ -51,3 +51,15 @@ def test_collection_names_are_valid_for_chroma() -> None:
     name = collection_name("chunks", "12", "0123456789abcdef" * 2)
     assert name == "chunks-v12-0123456789ab"
     assert 3 <= len(name) <= 512
+
+
+def test_prune_keeps_the_newest_builds_and_the_active_one(tmp_path: Path) -> None:
+    client = _client(tmp_path)
+    # built in this order; names sort differently from build order on purpose (v10 < v9 as strings)
+    for built_at, version in enumerate(["8", "9", "10", "11"]):
+        name = collection_name("chunks", version, "c" * 32)
+        client.create_collection(name, embedding_function=None, metadata={"built_at": float(built_at)})
+    active = collection_name("chunks", "11", "c" * 32)
+    deleted = prune(client, "chunks", keep=2, active=active)
+    assert sorted(deleted) == sorted([collection_name("chunks", v, "c" * 32) for v in ("8", "9")])
+    assert {c.name for c in client.list_collections()} == {active, collection_name("chunks", "10", "c" * 32)}
