@@ -22,7 +22,7 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from serving.api import OpenAIHandlers, json_response
-from serving.http import create_app
+from serving.http import cancel_on_disconnect, create_app
 from serving.metrics import PrometheusObserver, record_request
 from serving.platform import Platform
 from serving.registry import load_models
@@ -62,7 +62,7 @@ class ModelPlatform:
 
     @app.post("/chat/completions", response_model=None)
     async def chat_completions(self, body: ChatCompletionRequest, request: Request) -> Response:
-        out = await self.api.chat(body, request.state.log)
+        out = await cancel_on_disconnect(request, self.api.chat(body, request.state.log))
         return out if isinstance(out, Response) else json_response(out)
 
     @app.post("/embeddings", response_model=None)
@@ -75,5 +75,5 @@ class ModelPlatform:
 
     @app.post("/rag", response_model=None)
     async def rag(self, body: RagRequest, request: Request) -> Response:
-        out = await self.api.rag(body, request.state.log)
+        out = await cancel_on_disconnect(request, self.api.rag(body, request.state.log))
         return out if isinstance(out, Response) else json_response(out)

@@ -7,16 +7,17 @@ per-key rate limits, request ids, per-request structured logs and request metric
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -34,6 +35,34 @@ from serving.settings import Settings
 log = get_logger("serving.requests")
 
 KNOWN_ROUTES = ("/v1/chat/completions", "/v1/embeddings", "/v1/models", "/v1/search", "/v1/rag")
+
+
+T = TypeVar("T")
+
+CLIENT_CLOSED = 499  # nginx's "client closed request": logged and counted, never seen by the client
+
+
+async def cancel_on_disconnect(request: Request, work: Awaitable[T], poll_s: float = 0.25) -> T | Response:
+    """Await `work`, cancelling it if the client goes away first.
+
+    Starlette cancels a streaming response when its client disconnects, but not a plain handler that is
+    still computing: a non-streaming chat request would keep its generation slot until it finished.
+    Cancelling the task raises CancelledError at the handler's `await`, which reaches the engine and
+    frees the slot, as it does for streams.
+    """
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=poll_s)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                task.cancel()
+                log.info("client disconnected; request cancelled path=%s", request.url.path)
+                return Response(status_code=CLIENT_CLOSED)
+    finally:
+        if not task.done():
+            task.cancel()
 
 
 def error_response(exc: BaseException) -> JSONResponse:

@@ -230,3 +230,23 @@ def test_client_disconnect_frees_generation_slots(server: Server) -> None:
         return [r.status_code for r in rs]
 
     assert asyncio.run(run()) == [200, 200, 200, 200]
+
+
+def test_non_streaming_client_disconnect_frees_its_slot(server: Server) -> None:
+    """4 long non-streamed requests whose clients give up after 1 s: their slots free up for the next 4
+    (with no queue, a request still generating would turn the next ones into 429s)."""
+    long = {"model": "chat", "messages": [{"role": "user", "content": Q}], "max_tokens": 64, "stream": False}
+
+    async def run() -> list[int]:
+        async with httpx.AsyncClient(timeout=1.0) as c:
+            gone = await asyncio.gather(
+                *(c.post(f"{server.url}/v1/chat/completions", json=long) for _ in range(4)), return_exceptions=True
+            )
+        assert all(isinstance(g, httpx.TimeoutException) for g in gone), gone
+        await asyncio.sleep(1.5)  # a poll interval and a few decode steps for the server to notice
+        async with httpx.AsyncClient(timeout=120) as c:
+            short = {**long, "max_tokens": 2}
+            rs = await asyncio.gather(*(c.post(f"{server.url}/v1/chat/completions", json=short) for _ in range(4)))
+        return [r.status_code for r in rs]
+
+    assert asyncio.run(run()) == [200, 200, 200, 200]
