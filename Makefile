@@ -70,7 +70,7 @@ test-fast: install
 # wrk is the load client for embeddings (an asyncio client measures itself on 2 cores; see the script).
 bench: pipeline
 	command -v wrk >/dev/null || (apt-get install -y -q wrk || (apt-get update -q && apt-get install -y -q wrk)) || true
-	$(BIN)/python benchmarks/serving_throughput.py --streams 16 --clients 64
+	$(BIN)/python -m benchmarks.serving_throughput --streams 16 --clients 64
 
 clean:
 	rm -rf artifacts state

@@ -2,7 +2,7 @@
 N single-text clients vs 1. Ratios are against a baseline measured in the same run, on the same server.
 
     make bench                                                   # starts `bentoml serve` itself
-    .venv/bin/python benchmarks/serving_throughput.py --url http://127.0.0.1:3000   # a running server
+    .venv/bin/python -m benchmarks.serving_throughput --url http://127.0.0.1:3000   # a running server
 
 The load client shares the machine's cores with the server: compare only figures from one run.
 Goodput counts 2xx answers only; errors are reported by count.
@@ -13,19 +13,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+
+from serving.launch import ServerStartError, started_server
 
 PROMPTS = [
     "Explain what a Python decorator is.",
@@ -97,42 +93,6 @@ async def embed(url: str, n: int, seconds: float) -> dict[str, float]:
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@contextmanager
-def started_server(timeout_s: float = 600) -> Iterator[str]:
-    """`bentoml serve` from the project root on a free loopback port, until ready; stopped on exit."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    bentoml = Path(sys.executable).parent / "bentoml"
-    log = open(ROOT / "state" / "bench-server.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [str(bentoml), "serve", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise SystemExit(f"server exited with {proc.returncode}; see state/bench-server.log")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
-        else:
-            raise SystemExit("server not ready in time; see state/bench-server.log")
-        yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=60)
-        log.close()
-
-
 def run(a: argparse.Namespace, url: str) -> dict[str, object]:
     one = asyncio.run(chat(url, 1, a.max_tokens))
     many = asyncio.run(chat(url, a.streams, a.max_tokens))
@@ -197,8 +157,13 @@ def main() -> None:
     if a.url:
         result = run(a, a.url)
     else:
-        with started_server() as url:
-            result = run(a, url)
+        log = ROOT / "state" / "bench-server.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with started_server(ROOT, log) as url:
+                result = run(a, url)
+        except ServerStartError as e:
+            raise SystemExit(str(e)) from None
     out = ROOT / "state" / "bench" / "serving_throughput.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -14,18 +14,14 @@ the venv's tools), on a free port, with test-sized limits through `SERVING_*` ov
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.conftest import VENV_BIN, project_env
+from serving.launch import ServerStartError, started_server
+from tests.conftest import project_env
 
 # Small limits so the error cases are cheap to provoke; the tests that need them say so.
 SERVER_ENV = {
@@ -47,12 +43,6 @@ class Server:
     log: Path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def champion_project(request: pytest.FixtureRequest) -> Path:
     if os.environ.get("SERVING_TEST_PROJECT"):
@@ -65,37 +55,10 @@ def champion_project(request: pytest.FixtureRequest) -> Path:
 
 @pytest.fixture(scope="session")
 def server(champion_project: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    port = _free_port()
     log = tmp_path_factory.mktemp("server") / "bentoml.log"
     env = {**project_env(champion_project), **SERVER_ENV}
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [str(VENV_BIN / "bentoml"), "serve", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=champion_project,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"bentoml serve exited with {proc.returncode}:\n{log.read_text()[-6000:]}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"server not ready after {STARTUP_TIMEOUT_S}s:\n{log.read_text()[-6000:]}")
-            time.sleep(1)
-        yield Server(url, champion_project, log)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # the group this fixture started (server and its workers)
-            proc.wait()
+        with started_server(champion_project, log, env, timeout_s=STARTUP_TIMEOUT_S) as url:
+            yield Server(url, champion_project, log)
+    except ServerStartError as e:
+        pytest.fail(str(e))

@@ -1,0 +1,77 @@
+"""Run `bentoml serve` as a child process on a free loopback port, until ready: one helper for the
+server tests and the throughput benchmark."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+
+class ServerStartError(RuntimeError):
+    """The server exited or was not ready in time; the message carries the tail of its log."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def started_server(
+    project: Path, log: Path, env: Mapping[str, str] | None = None, timeout_s: float = 600
+) -> Iterator[str]:
+    """Start `bentoml serve` in `project`, wait for `/readyz`, yield its URL; stop the process group on exit.
+
+    Args:
+        project: the folder holding service.py (its MLflow registry and index are what gets served).
+        log: where the server's output goes.
+        env: the server's environment (default: this process's).
+        timeout_s: how long loading and warming the models may take.
+
+    Raises:
+        ServerStartError: the server exited, or was not ready within `timeout_s`.
+    """
+    port = free_port()
+    bentoml = Path(sys.executable).parent / "bentoml"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [str(bentoml), "serve", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=project,
+            env=dict(env) if env is not None else None,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: the server and its workers stop together
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if proc.poll() is not None:
+                raise ServerStartError(f"bentoml serve exited with {proc.returncode}:\n{log.read_text()[-6000:]}")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise ServerStartError(f"server not ready after {timeout_s:g}s:\n{log.read_text()[-6000:]}")
+            time.sleep(1)
+        yield url
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
