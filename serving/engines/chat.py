@@ -16,6 +16,13 @@ One scheduler iteration, named as the steps:
     emit        detokenize, apply stop strings / EOS / max_tokens, hand deltas to each request's queue
     retire      drop finished, cancelled and timed-out rows from the cache; trim all-padding columns
 
+Out of memory in a step (prefill or decode), vLLM's recompute preemption: the batch's cache is dropped
+(it may be half-updated), the device cache freed, and every live request goes back to the front of the
+queue keeping what it has generated; the slot limit is halved, so the retry runs smaller batches, and
+re-admission prefills prompt + generated tokens, so a greedy answer is unchanged. A single request that
+still does not fit fails alone with 503. The limit grows back one slot per `OOM_RECOVERY_STEPS` decode
+steps without an error.
+
 Shapes: cache keys/values per layer (B, kv_heads, L, head_dim); `mask` (B, L) with 1 for real tokens
 (left padding is 0); `next` (B, 1) holds each row's newest token, emitted but not yet in the cache.
 Position ids come from the mask (a row's position = its count of real tokens), so rows of different
@@ -41,12 +48,14 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
+from core.device import free_memory, is_oom
 from core.log import get_logger
 from serving.engines.types import Completion, EngineObserver, FinishReason, SamplingParams, TokenDelta
 from serving.errors import ContextLengthExceeded, InvalidRequest, Overloaded, QueueFull, RequestTimeout, ServingError
 
 log = get_logger(__name__)
 _ids = itertools.count()
+OOM_RECOVERY_STEPS = 64
 
 
 class _Seq:
@@ -67,6 +76,7 @@ class _Seq:
         self.cancelled = False
         self.done = False
         self.generator = torch.Generator().manual_seed(params.seed) if params.seed is not None else None
+        self.preemptions = 0  # times sent back to the queue by an out-of-memory step
 
     def deliver(self, item: TokenDelta | BaseException) -> None:
         try:
@@ -156,6 +166,8 @@ class ChatEngine:
         self.timeout_s = timeout_s
         self.retry_after_s = retry_after_s
         self.observer = observer or EngineObserver()
+        self.limit = max_batch_size  # running-slot limit: halved on out-of-memory, regrown while steps succeed
+        self._ok_steps = 0
         self.device = next(model.parameters()).device
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.eos_ids = self._eos_ids()
@@ -225,7 +237,7 @@ class ChatEngine:
             raise Overloaded("the chat engine is not running", retry_after_s=self.retry_after_s)
         seq = _Seq(prompt, params, asyncio.get_running_loop(), time.monotonic() + self.timeout_s)
         with self._cv:
-            free_slots = max(self.max_batch_size - len(self._rows), 0)
+            free_slots = max(self.limit - len(self._rows), 0)
             if len(self._waiting) >= self.max_queue + free_slots:
                 raise QueueFull(
                     f"the chat queue is full ({len(self._waiting)} requests waiting); retry after "
@@ -238,7 +250,7 @@ class ChatEngine:
 
     def load(self) -> dict[str, int]:
         """Running and waiting request counts (for logs and tests)."""
-        return {"running": len(self._rows), "waiting": len(self._waiting)}
+        return {"running": len(self._rows), "waiting": len(self._waiting), "limit": self.limit}
 
     def warmup(self) -> None:
         """One short generation so the first request does not pay for lazy initialisation."""
@@ -269,13 +281,16 @@ class ChatEngine:
                 if self._rows:
                     self._decode_step()
             except Exception as e:  # keep the worker alive; fail only the batch in flight
-                self._fail_batch(e, admitted)
+                if is_oom(e):
+                    self._preempt_on_oom(admitted)
+                else:
+                    self._fail_batch(e, admitted)
         self._fail_batch(Overloaded("the chat engine stopped"), list(self._waiting))
 
     def _admit(self) -> list[_Seq]:
         admitted: list[_Seq] = []
         now = time.monotonic()
-        while self._waiting and len(self._rows) + len(admitted) < self.max_batch_size:
+        while self._waiting and len(self._rows) + len(admitted) < self.limit:
             seq = self._waiting.popleft()
             if seq.cancelled:
                 continue
@@ -283,8 +298,9 @@ class ChatEngine:
                 seq.done = True
                 seq.deliver(RequestTimeout(f"the request waited past its {self.timeout_s:g}s timeout in the queue"))
                 continue
-            seq.admitted_at = now
-            self.observer.queue_time(self.name, now - seq.enqueued_at)
+            if seq.admitted_at is None:  # a preempted request re-enters without counting its queue time twice
+                seq.admitted_at = now
+                self.observer.queue_time(self.name, now - seq.enqueued_at)
             admitted.append(seq)
         return admitted
 
@@ -296,12 +312,13 @@ class ChatEngine:
 
     @torch.inference_mode()
     def _prefill(self, group: list[_Seq]) -> None:
-        longest = max(len(s.prompt) for s in group)
+        inputs = [s.prompt + s.generated for s in group]  # a preempted request resumes where it stopped
+        longest = max(len(x) for x in inputs)
         ids = torch.full((len(group), longest), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(group), longest), dtype=torch.long)
-        for i, s in enumerate(group):  # left padding: the newest token of every row is in the last column
-            ids[i, longest - len(s.prompt) :] = torch.tensor(s.prompt)
-            mask[i, longest - len(s.prompt) :] = 1
+        for i, x in enumerate(inputs):  # left padding: the newest token of every row is in the last column
+            ids[i, longest - len(x) :] = torch.tensor(x)
+            mask[i, longest - len(x) :] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
         cache = DynamicCache(config=self.model.config)
         out = self.model(
@@ -347,6 +364,9 @@ class ChatEngine:
         tokens = self._sample(out.logits[:, -1, :], self._rows)
         self._next = tokens.view(-1, 1)
         self.observer.batch_size(self.name, rows)
+        self._ok_steps += 1
+        if self.limit < self.max_batch_size and self._ok_steps >= OOM_RECOVERY_STEPS:
+            self.limit, self._ok_steps = self.limit + 1, 0
         self._retire(self._emit(self._rows, tokens))
 
     def _sample(self, logits: torch.Tensor, rows: list[_Seq]) -> torch.Tensor:
@@ -440,14 +460,40 @@ class ChatEngine:
         self._next = self._next.index_select(0, idx)
         self._rows = [self._rows[i] for i in keep]
 
+    def _preempt_on_oom(self, admitted: list[_Seq]) -> None:
+        """Out of memory in a step: drop the batch's cache and requeue its requests under a halved limit."""
+        everyone = {id(s): s for s in [*self._rows, *admitted]}.values()
+        live = [s for s in everyone if not s.done and not s.cancelled]
+        for s in everyone:
+            s.done = s.done or s.cancelled
+        self._rows, self._cache, self._mask, self._next = [], None, None, None
+        self._ok_steps = 0
+        free_memory(self.device)
+        if len(live) <= 1:
+            for s in live:
+                s.done = True
+                s.deliver(
+                    Overloaded(
+                        f"out of memory generating this request alone ({len(s.prompt) + len(s.generated)} tokens "
+                        f"in context); retry later, or shorten the messages or lower max_tokens",
+                        retry_after_s=self.retry_after_s,
+                    )
+                )
+            return
+        self.limit = max(1, len(live) // 2)
+        log.warning(
+            "out of memory with %d requests in the batch; requeued them, running at most %d at once",
+            len(live),
+            self.limit,
+        )
+        for s in live:
+            s.preemptions += 1
+        with self._cv:
+            self._waiting.extendleft(reversed(live))  # ahead of newer requests, in their original order
+
     def _fail_batch(self, exc: BaseException, admitted: list[_Seq]) -> None:
-        if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower():
-            err: ServingError = Overloaded(
-                "out of memory while generating; retry, or lower max_tokens", retry_after_s=self.retry_after_s
-            )
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
-        elif isinstance(exc, ServingError):
+        err: ServingError
+        if isinstance(exc, ServingError):
             err = exc
         else:
             log.exception("chat engine step failed; failing the batch in flight", exc_info=exc)

@@ -9,6 +9,9 @@ Why our own micro-batcher rather than BentoML's adaptive batching (`batchable=Tr
   queries in-process) would need an HTTP hop to share it; here /v1/embeddings and /v1/search share it.
 - Batching by text, not by request: a request with 100 inputs is split across forward passes of at most
   `embed_max_batch_size` texts, so one big request cannot make a single-text request wait behind a giant batch.
+Out of memory in a forward pass: the device cache is freed and the batch is split in halves and retried,
+down to one text (which then fails alone with 503); the batch cap halves too and grows back one text per
+`OOM_RECOVERY_BATCHES` batches without an error.
 The batcher is a plain asyncio component, unit-tested without a server (tests/serving/test_engines.py).
 """
 
@@ -22,8 +25,13 @@ from dataclasses import dataclass
 import numpy as np
 from sentence_transformers import SentenceTransformer
 
+from core.device import free_memory, is_oom
+from core.log import get_logger
 from serving.engines.types import EngineObserver
-from serving.errors import ContextLengthExceeded, InvalidRequest, PayloadTooLarge, QueueFull
+from serving.errors import ContextLengthExceeded, InvalidRequest, Overloaded, PayloadTooLarge, QueueFull
+
+log = get_logger(__name__)
+OOM_RECOVERY_BATCHES = 64
 
 
 @dataclass
@@ -51,6 +59,8 @@ class EmbedderEngine:
     ) -> None:
         self.model = model
         self.max_batch_size = max_batch_size
+        self.limit = max_batch_size  # texts per forward pass: halved on out-of-memory, regrown after successes
+        self._ok_batches = 0
         self.max_wait_s = max_wait_ms / 1000
         self.max_queue = max_queue
         self.max_inputs = max_inputs
@@ -117,6 +127,31 @@ class EmbedderEngine:
         """Direct, unbatched embedding (warm-up, scripts)."""
         return self.model.encode(texts, normalize_embeddings=True, convert_to_numpy=True).astype(np.float32)
 
+    def embed_fitting(self, texts: list[str]) -> np.ndarray:
+        """`embed_sync`, splitting the batch in halves while the device runs out of memory.
+
+        Raises:
+            Overloaded: one text alone does not fit.
+        """
+        try:
+            out = self.embed_sync(texts)
+        except Exception as e:
+            if not is_oom(e):
+                raise
+            free_memory(self.model.device)
+            if len(texts) == 1:
+                raise Overloaded("out of memory embedding one text; retry later, or send a shorter text") from e
+            self.limit, self._ok_batches = max(1, min(self.limit, len(texts) // 2)), 0
+            log.warning(
+                "out of memory embedding %d texts; retrying in halves, at most %d per batch", len(texts), self.limit
+            )
+            half = len(texts) // 2
+            return np.concatenate([self.embed_fitting(texts[:half]), self.embed_fitting(texts[half:])])
+        self._ok_batches += 1
+        if self.limit < self.max_batch_size and self._ok_batches >= OOM_RECOVERY_BATCHES:
+            self.limit, self._ok_batches = self.limit + 1, 0
+        return out
+
     def warmup(self) -> None:
         self.embed_sync(["warm up"])
 
@@ -131,7 +166,7 @@ class EmbedderEngine:
         while True:
             batch = [await queue.get()]
             deadline = loop.time() + self.max_wait_s
-            while len(batch) < self.max_batch_size:
+            while len(batch) < self.limit:
                 if queue.empty():
                     remaining = deadline - loop.time()
                     if remaining <= 0:
@@ -150,7 +185,7 @@ class EmbedderEngine:
                 self.observer.queue_time(self.name, now - it.enqueued_at)
             self.observer.batch_size(self.name, len(batch))
             try:
-                vectors = await loop.run_in_executor(self._pool, self.embed_sync, [it.text for it in batch])
+                vectors = await loop.run_in_executor(self._pool, self.embed_fitting, [it.text for it in batch])
             except Exception as e:  # the loop lives on; only this batch fails
                 for it in batch:
                     if not it.future.done():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import chromadb
@@ -19,7 +19,7 @@ from serving.engines.embedder import EmbedderEngine
 from serving.engines.rag import RagService
 from serving.engines.retriever import Retriever
 from serving.engines.types import SamplingParams
-from serving.errors import ContextLengthExceeded, InvalidRequest, QueueFull, RequestTimeout
+from serving.errors import ContextLengthExceeded, InvalidRequest, Overloaded, QueueFull, RequestTimeout
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +123,7 @@ def test_context_length_checked_before_any_work(engine: ChatEngine) -> None:
         asyncio.run(run())
     with pytest.raises(InvalidRequest):
         asyncio.run(_submit_empty(engine))
-    assert engine.load() == {"running": 0, "waiting": 0}
+    assert engine.load()["running"] == 0 and engine.load()["waiting"] == 0
 
 
 async def _submit_empty(engine: ChatEngine) -> None:
@@ -151,7 +151,7 @@ def test_disconnect_frees_the_slot(engine: ChatEngine) -> None:
             await asyncio.sleep(0.05)
         return engine.load()
 
-    assert asyncio.run(run()) == {"running": 0, "waiting": 0}
+    assert asyncio.run(run()) == {"running": 0, "waiting": 0, "limit": engine.max_batch_size}
 
 
 def test_bounded_queue_and_timeout(chat_parts) -> None:  # type: ignore[no-untyped-def]
@@ -230,3 +230,84 @@ def test_retriever_and_rag(tmp_path, embedder: EmbedderEngine, engine: ChatEngin
         asyncio.run(retriever.search("x", top_k=99))
     with pytest.raises(InvalidRequest, match="filter"):
         asyncio.run(retriever.search("x", top_k=1, where={"$bogus": 1}))
+
+
+class _InjectedOom:
+    """Fault injection for a GPU path the CPU cannot show: the real model's forward raises the error
+    CUDA raises when a batch needs more memory than the device has (here: more than `rows` rows)."""
+
+    def __init__(self, module: torch.nn.Module, rows: int) -> None:
+        self.rows, self.raised = rows, 0
+        self._handle = module.register_forward_pre_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:  # type: ignore[type-arg]
+        ids = kwargs.get("input_ids")
+        if ids is None and args and isinstance(args[0], Mapping):  # sentence-transformers' features
+            ids = args[0].get("input_ids")
+        if ids is not None and ids.shape[0] > self.rows:
+            self.raised += 1
+            raise torch.OutOfMemoryError(f"CUDA out of memory (injected: {ids.shape[0]} rows > {self.rows})")
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+
+def test_out_of_memory_requeues_and_retries_with_a_smaller_batch(chat_parts) -> None:  # type: ignore[no-untyped-def]
+    """A step that runs out of memory loses nothing: its requests are requeued under a halved slot limit
+    and resume where they were, so every greedy answer still equals solo `generate`."""
+    model, tok = chat_parts
+    eng = ChatEngine(model, tok, max_batch_size=4, max_queue=8, max_context_tokens=256, timeout_s=120)
+    prompts = [eng.encode_messages([{"role": "user", "content": q}]) for q in QUESTIONS]
+    params = SamplingParams(max_tokens=10, temperature=0)
+    oom = _InjectedOom(model, rows=2)
+    eng.start()
+    try:
+
+        async def run() -> list[str]:
+            handles = [eng.submit(p, params) for p in prompts]
+            return [(await h.result()).text for h in handles]
+
+        got = asyncio.run(run())
+        limit = eng.limit
+    finally:
+        oom.remove()
+        eng.stop()
+    assert oom.raised > 0 and limit <= 2
+    assert got == [_reference(chat_parts, p, 10) for p in prompts]
+
+
+def test_out_of_memory_on_one_request_is_a_503_and_the_engine_lives(chat_parts) -> None:  # type: ignore[no-untyped-def]
+    model, tok = chat_parts
+    eng = ChatEngine(model, tok, max_batch_size=2, max_queue=2, max_context_tokens=256, timeout_s=60)
+    prompt = eng.encode_messages([{"role": "user", "content": "Hi"}])
+    params = SamplingParams(max_tokens=4, temperature=0)
+
+    async def answer() -> str:
+        return (await eng.submit(prompt, params).result()).text
+
+    eng.start()
+    oom = _InjectedOom(model, rows=0)
+    try:
+        with pytest.raises(Overloaded, match="out of memory"):
+            asyncio.run(answer())
+        oom.remove()
+        assert asyncio.run(answer()) == _reference(chat_parts, prompt, 4)
+    finally:
+        oom.remove()
+        eng.stop()
+
+
+def test_embedder_splits_a_batch_that_runs_out_of_memory(embedder: EmbedderEngine) -> None:
+    texts = [f"text number {i} about python" for i in range(6)]
+    direct = embedder.model.encode(texts, normalize_embeddings=True)
+    oom = _InjectedOom(embedder.model[0], rows=2)
+    try:
+        got = asyncio.run(embedder.embed(texts))
+        with pytest.raises(Overloaded, match="out of memory"):
+            oom.rows = 0
+            asyncio.run(embedder.embed(["one text"]))
+    finally:
+        oom.remove()
+        embedder.limit = embedder.max_batch_size
+    assert oom.raised > 0
+    assert np.allclose(got, direct, atol=1e-5)
