@@ -27,7 +27,7 @@ from serving.metrics import PrometheusObserver, record_request
 from serving.platform import Platform
 from serving.registry import load_models
 from serving.schemas import ChatCompletionRequest, EmbeddingRequest, RagRequest, SearchRequest
-from serving.settings import load_settings
+from serving.settings import load_settings, service_resources
 
 SETTINGS = load_settings()
 app = create_app(SETTINGS, on_request=record_request)
@@ -38,6 +38,8 @@ app = create_app(SETTINGS, on_request=record_request)
     # One worker: continuous batching shares decode steps only among requests in the same process, and
     # each worker would hold its own copy of both models.
     workers=1,
+    # GPU claimed where one is visible (or forced with SERVING_RESOURCES_GPU); CPU otherwise.
+    resources=service_resources(SETTINGS.serving),
     # Our own deadline (request_timeout_s -> 504 with an OpenAI body) must fire before BentoML's.
     traffic={"timeout": int(SETTINGS.serving.request_timeout_s) + 30},
 )

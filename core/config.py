@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -231,6 +231,16 @@ class ServingParams(_Section):
     """Log prompt and answer text with each request (off: sizes only)."""
     torch_threads: int | None = Field(default=None, ge=1)
     """torch intra-op threads in the server (None: torch's default)."""
+    resources_gpu: Literal["auto"] | Annotated[int, Field(ge=0)] = "auto"
+    """GPUs claimed in `@bentoml.service(resources=...)`: `auto` claims 1 where a CUDA GPU is visible and none
+    elsewhere (the models then run on the CPU); an integer forces it, e.g. 1 when building a bento on a CPU
+    machine for a GPU cluster."""
+    resources_gpu_type: str | None = None
+    """GPU type for BentoCloud/Kubernetes scheduling (e.g. `nvidia-l4`); only declared with a GPU."""
+    resources_cpu: str | None = "2"
+    """CPU cores requested (`resources.cpu`)."""
+    resources_memory: str | None = "4Gi"
+    """Memory requested (`resources.memory`): both models, their KV cache and the batch buffers."""
 
     @model_validator(mode="after")
     def _defaults_within_caps(self) -> ServingParams:

@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import torch
 from pydantic import ValidationError
 
 from core.config import ConfigError, IndexParams, Params, ServingParams, load_params, tracking_uri
@@ -33,6 +35,34 @@ class Settings:
     def cache_root(self) -> Path:
         p = Path(self.serving.cache_dir)
         return p if p.is_absolute() else PROJECT_ROOT / p
+
+
+def service_resources(serving: ServingParams, visible_gpus: int | None = None) -> dict[str, Any]:
+    """`@bentoml.service(resources=...)` from the settings.
+
+    BentoML uses the declaration to schedule (BentoCloud, Kubernetes) and, under `bentoml serve`, to give
+    the worker its `CUDA_VISIBLE_DEVICES`; the models go to CUDA when torch sees a GPU and stay on the CPU
+    otherwise (core/device.py), so a GPU claimed on a machine without one still serves, on the CPU.
+
+    Args:
+        serving: the serving settings (`resources_*`).
+        visible_gpus: CUDA GPUs on this machine (default: torch's count, which does not initialise CUDA).
+    """
+    if visible_gpus is None:
+        visible_gpus = torch.cuda.device_count()
+    gpus = serving.resources_gpu
+    if gpus == "auto":
+        gpus = 1 if visible_gpus > 0 else 0
+    out: dict[str, Any] = {}
+    if serving.resources_cpu:
+        out["cpu"] = serving.resources_cpu
+    if serving.resources_memory:
+        out["memory"] = serving.resources_memory
+    if gpus:
+        out["gpu"] = gpus
+        if serving.resources_gpu_type:
+            out["gpu_type"] = serving.resources_gpu_type
+    return out
 
 
 def _env_overrides(environ: dict[str, str]) -> dict[str, object]:

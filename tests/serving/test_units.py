@@ -24,7 +24,7 @@ from serving.errors import (
 )
 from serving.http import RateLimiter, create_app, sse_stream
 from serving.schemas import ChatCompletionRequest, EmbeddingRequest, EmbeddingResponse, SearchRequest
-from serving.settings import load_settings
+from serving.settings import load_settings, service_resources
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -238,3 +238,24 @@ def test_edge_auth_rate_limit_and_body_limit() -> None:
     assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
     assert limited.json()["error"]["code"] == "rate_limit_exceeded"
     assert ("/v1/search", 401) in seen and ("/v1/search", 200) in seen
+
+
+def test_service_resources_claim_a_gpu_only_where_one_is_visible() -> None:
+    base = load_settings(load_params(ROOT / "params.yaml"), environ={}).serving
+    assert service_resources(base, visible_gpus=0) == {"cpu": "2", "memory": "4Gi"}
+    assert service_resources(base, visible_gpus=2)["gpu"] == 1
+    forced = load_settings(
+        load_params(ROOT / "params.yaml"),
+        environ={"SERVING_RESOURCES_GPU": "1", "SERVING_RESOURCES_GPU_TYPE": "nvidia-l4"},
+    ).serving
+    assert service_resources(forced, visible_gpus=0) == {"cpu": "2", "memory": "4Gi", "gpu": 1, "gpu_type": "nvidia-l4"}
+    with pytest.raises(ConfigError, match="SERVING_RESOURCES_GPU"):
+        load_settings(load_params(ROOT / "params.yaml"), environ={"SERVING_RESOURCES_GPU": "some"})
+
+
+def test_the_bentoml_service_declares_its_resources() -> None:
+    """What `bentoml serve`/`build` read: on this CPU machine no GPU is claimed, so nothing waits for one."""
+    import service
+
+    assert service.ModelPlatform.config["resources"] == service_resources(service.SETTINGS.serving)
+    assert service.ModelPlatform.config["workers"] == 1
