@@ -40,6 +40,9 @@ app = create_app(SETTINGS, on_request=record_request)
     workers=1,
     # GPU claimed where one is visible (or forced with SERVING_RESOURCES_GPU); CPU otherwise.
     resources=service_resources(SETTINGS.serving),
+    # One line per API request: serving/http.py logs it with the request id, model version, sizes and
+    # queue time, so BentoML's access line (the same request, fewer fields) is off.
+    logging={"access": {"enabled": False}},
     # Our own deadline (request_timeout_s -> 504 with an OpenAI body) must fire before BentoML's.
     traffic={"timeout": int(SETTINGS.serving.request_timeout_s) + 30},
 )

@@ -179,6 +179,7 @@ class ChatEngine:
         self.healthy = True
         # the running batch (scheduler thread only)
         self._rows: list[_Seq] = []
+        self._admitting = 0  # requests being prefilled (counted as busy slots by the queue bound)
         self._cache: DynamicCache | None = None
         self._mask: torch.Tensor | None = None  # (B, L) long
         self._next: torch.Tensor | None = None  # (B, 1) long
@@ -237,7 +238,7 @@ class ChatEngine:
             raise Overloaded("the chat engine is not running", retry_after_s=self.retry_after_s)
         seq = _Seq(prompt, params, asyncio.get_running_loop(), time.monotonic() + self.timeout_s)
         with self._cv:
-            free_slots = max(self.limit - len(self._rows), 0)
+            free_slots = max(self.limit - len(self._rows) - self._admitting, 0)
             if len(self._waiting) >= self.max_queue + free_slots:
                 raise QueueFull(
                     f"the chat queue is full ({len(self._waiting)} requests waiting); retry after "
@@ -274,10 +275,14 @@ class ChatEngine:
                 if self._stopping:
                     break
                 admitted = self._admit()
+                self._admitting = len(admitted)  # taken from the queue, not yet in the batch: slots in use
             try:
                 self._retire([s for s in self._rows if s.cancelled or self._expired(s)])
                 if admitted:
-                    self._prefill(admitted)
+                    try:
+                        self._prefill(admitted)
+                    finally:
+                        self._admitting = 0
                 if self._rows:
                     self._decode_step()
             except Exception as e:  # keep the worker alive; fail only the batch in flight

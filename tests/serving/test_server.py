@@ -193,6 +193,7 @@ def test_queue_full_is_429_with_retry_after(server: Server) -> None:
 
 
 def test_probes_and_metrics(server: Server) -> None:
+    httpx.get(f"{server.url}/v1/models")  # so the request counter has a sample whatever ran before
     assert httpx.get(f"{server.url}/livez").status_code == 200
     assert httpx.get(f"{server.url}/readyz").status_code == 200
     text = httpx.get(f"{server.url}/metrics").text
@@ -250,3 +251,16 @@ def test_non_streaming_client_disconnect_frees_its_slot(server: Server) -> None:
         return [r.status_code for r in rs]
 
     assert asyncio.run(run()) == [200, 200, 200, 200]
+
+
+def test_one_structured_log_line_per_request(server: Server) -> None:
+    """Each API request is logged once, by the edge (request id, route, status, latency), not twice."""
+    r = httpx.get(f"{server.url}/v1/models", headers={"x-request-id": "logcheck-1"}, timeout=30)
+    assert r.status_code == 200 and r.headers["x-request-id"] == "logcheck-1"
+    for _ in range(50):  # the log is written by another process
+        lines = [line for line in server.log.read_text().splitlines() if "logcheck-1" in line]
+        if lines:
+            break
+        asyncio.run(asyncio.sleep(0.1))
+    assert len(lines) == 1 and "route=/v1/models" in lines[0] and "status=200" in lines[0]
+    assert not [line for line in server.log.read_text().splitlines() if "path=/v1/models" in line]
