@@ -3,7 +3,9 @@
 Every field of `core.config.ServingParams` can be overridden by `SERVING_<FIELD>` (upper case), e.g.
 `SERVING_API_KEYS=key1,key2` or `SERVING_CHAT_MAX_BATCH_SIZE=8`; the value is validated like the file's.
 The registry comes from `MLFLOW_TRACKING_URI` (via `core.config.tracking_uri`), the Chroma index from
-`params.yaml`'s `index` section. Nothing else in `serving/` reads the environment.
+`params.yaml`'s `index` section, whose `chroma_host`/`chroma_port`/`chroma_path` the server also takes from
+`SERVING_CHROMA_HOST`/`_PORT`/`_PATH` (a container points at a Chroma server without editing the bento).
+Nothing else in `serving/` reads the environment.
 """
 
 from __future__ import annotations
@@ -101,10 +103,20 @@ def load_settings(params: Params | None = None, environ: dict[str, str] | None =
     except ValidationError as e:
         why = "; ".join(f"{ENV_PREFIX}{'.'.join(map(str, x['loc'])).upper()}: {x['msg']}" for x in e.errors())
         raise ConfigError(f"invalid serving override: {why}") from None
+    index_overrides = {
+        name: env[ENV_PREFIX + name.upper()]
+        for name in ("chroma_host", "chroma_port", "chroma_path")
+        if env.get(ENV_PREFIX + name.upper())
+    }
+    try:
+        index = IndexParams.model_validate({**p.index.model_dump(), **index_overrides})
+    except ValidationError as e:
+        why = "; ".join(f"{ENV_PREFIX}{'.'.join(map(str, x['loc'])).upper()}: {x['msg']}" for x in e.errors())
+        raise ConfigError(f"invalid index override: {why}") from None
     uri = env.get("MLFLOW_TRACKING_URI") or tracking_uri()
     return Settings(
         serving=serving,
-        index=p.index,
+        index=index,
         chat_name=p.models.chat_name,
         embedder_name=p.models.embedder_name,
         tracking_uri=uri,

@@ -259,3 +259,12 @@ def test_the_bentoml_service_declares_its_resources() -> None:
 
     assert service.ModelPlatform.config["resources"] == service_resources(service.SETTINGS.serving)
     assert service.ModelPlatform.config["workers"] == 1
+
+
+def test_the_index_location_is_overridable_for_containers() -> None:
+    p = load_params(ROOT / "params.yaml")
+    s = load_settings(p, environ={"SERVING_CHROMA_HOST": "chroma.internal", "SERVING_CHROMA_PORT": "8001"})
+    assert (s.index.chroma_host, s.index.chroma_port) == ("chroma.internal", 8001)
+    assert s.index.collection_prefix == p.index.collection_prefix
+    with pytest.raises(ConfigError, match="SERVING_CHROMA_PORT"):
+        load_settings(p, environ={"SERVING_CHROMA_PORT": "99999999"})
