@@ -17,13 +17,14 @@ export DO_NOT_TRACK := 1
 export WANDB_SILENT := true
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help install lock pipeline serve test test-fast lint format bench clean
+.PHONY: help install lock pipeline serve test test-fast lint format bench bench-batching clean
 
 help:
 	@echo "make serve     install, run the pipeline (dvc repro, only what is stale) and serve on :3000"
 	@echo "make test      install if needed, lint, and run every test"
 	@echo "make pipeline  install and dvc repro"
 	@echo "make bench     latency / throughput benchmarks (ratios against a same-run baseline)"
+	@echo "make bench-batching  BentoML adaptive batching vs our embedder micro-batcher (~12 min)"
 	@echo "make lock      re-resolve requirements.lock from pyproject.toml"
 
 install: $(VENV)/.installed
@@ -71,6 +72,10 @@ test-fast: install
 bench: pipeline
 	command -v wrk >/dev/null || (apt-get install -y -q wrk || (apt-get update -q && apt-get install -y -q wrk)) || true
 	$(BIN)/python -m benchmarks.serving_throughput --streams 16 --clients 64
+
+bench-batching: pipeline
+	command -v wrk >/dev/null || (apt-get install -y -q wrk || (apt-get update -q && apt-get install -y -q wrk)) || true
+	$(BIN)/python -m benchmarks.bentoml_batching --ours --unbatched --repeat 2
 
 clean:
 	rm -rf artifacts state

@@ -160,8 +160,8 @@ def main() -> None:
         log = ROOT / "state" / "bench-server.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         try:
-            with started_server(ROOT, log) as url:
-                result = run(a, url)
+            with started_server(ROOT, log) as server:
+                result = run(a, server.url)
         except ServerStartError as e:
             raise SystemExit(str(e)) from None
     out = ROOT / "state" / "bench" / "serving_throughput.json"

@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -26,17 +27,29 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class Launched:
+    url: str
+    pid: int
+    """The `bentoml serve` process; its workers are its descendants."""
+
+
 @contextmanager
 def started_server(
-    project: Path, log: Path, env: Mapping[str, str] | None = None, timeout_s: float = 600
-) -> Iterator[str]:
-    """Start `bentoml serve` in `project`, wait for `/readyz`, yield its URL; stop the process group on exit.
+    project: Path,
+    log: Path,
+    env: Mapping[str, str] | None = None,
+    timeout_s: float = 600,
+    target: str | None = None,
+) -> Iterator[Launched]:
+    """Start `bentoml serve` in `project`, wait for `/readyz`, yield its URL and pid; stop it on exit.
 
     Args:
         project: the folder holding service.py (its MLflow registry and index are what gets served).
         log: where the server's output goes.
         env: the server's environment (default: this process's).
         timeout_s: how long loading and warming the models may take.
+        target: the service to serve (`module:Class`); default: bentofile.yaml's, i.e. service.py.
 
     Raises:
         ServerStartError: the server exited, or was not ready within `timeout_s`.
@@ -45,7 +58,7 @@ def started_server(
     bentoml = Path(sys.executable).parent / "bentoml"
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [str(bentoml), "serve", "--host", "127.0.0.1", "--port", str(port)],
+            [str(bentoml), "serve", *([target] if target else []), "--host", "127.0.0.1", "--port", str(port)],
             cwd=project,
             env=dict(env) if env is not None else None,
             stdout=out,
@@ -66,7 +79,7 @@ def started_server(
             if time.monotonic() > deadline:
                 raise ServerStartError(f"server not ready after {timeout_s:g}s:\n{log.read_text()[-6000:]}")
             time.sleep(1)
-        yield url
+        yield Launched(url, proc.pid)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)

@@ -58,7 +58,7 @@ def server(champion_project: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     log = tmp_path_factory.mktemp("server") / "bentoml.log"
     env = {**project_env(champion_project), **SERVER_ENV}
     try:
-        with started_server(champion_project, log, env, timeout_s=STARTUP_TIMEOUT_S) as url:
-            yield Server(url, champion_project, log)
+        with started_server(champion_project, log, env, timeout_s=STARTUP_TIMEOUT_S) as launched:
+            yield Server(launched.url, champion_project, log)
     except ServerStartError as e:
         pytest.fail(str(e))
