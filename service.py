@@ -1,11 +1,12 @@
 """BentoML entry point: `bentoml serve` (or `make serve`) from the repo root serves this on :3000.
 
-Thin shell: the OpenAI-compatible routes are FastAPI class views mounted with `bentoml.asgi_app` (the
+Thin shell: the OpenAI-compatible routes are FastAPI routes mounted with `bentoml.asgi_app` (the
 BentoVLLM approach), because `@bentoml.api` routes are POST-only (no GET /v1/models) and answer
 schema errors with BentoML's own body rather than OpenAI's `{"error": {...}}`. Each route validates
 (pydantic, via FastAPI), calls one `serving.api.OpenAIHandlers` method and returns its response;
-errors are translated once in `serving.http`. BentoML still provides /livez, /readyz (our
-`__is_ready__`: models loaded and warmed) and /metrics (our histograms and counters included).
+errors are translated once in `serving.http`. The routes are module functions (see `api()`). BentoML
+still provides /livez, /readyz (our `__is_ready__`: models loaded and warmed) and /metrics (our
+histograms and counters included).
 
 Layers: routes (this file, serving/http.py, serving/api.py) -> services (serving/engines/, assembled
 in serving/platform.py) -> models (serving/registry.py: alias -> version -> cached files -> loaded).
@@ -22,6 +23,7 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from serving.api import OpenAIHandlers, json_response
+from serving.errors import Overloaded
 from serving.http import cancel_on_disconnect, create_app
 from serving.metrics import PrometheusObserver, record_request
 from serving.platform import Platform
@@ -56,29 +58,47 @@ class ModelPlatform:
             torch.set_num_threads(SETTINGS.serving.torch_threads)
         self.platform = Platform.build(load_models(SETTINGS), SETTINGS, observer=PrometheusObserver())
         self.platform.start()
-        self.api = OpenAIHandlers(self.platform, SETTINGS)
+        global _api
+        _api = OpenAIHandlers(self.platform, SETTINGS)
 
     def __is_ready__(self) -> bool:
         return self.platform.is_ready()
 
-    @app.get("/models", response_model=None)
-    async def models(self) -> Response:
-        return json_response(self.api.models())
 
-    @app.post("/chat/completions", response_model=None)
-    async def chat_completions(self, body: ChatCompletionRequest, request: Request) -> Response:
-        out = await cancel_on_disconnect(request, self.api.chat(body, request.state.log))
-        return out if isinstance(out, Response) else json_response(out)
+# The routes are module functions, not methods of the class: BentoML injects `self` into FastAPI class
+# views through a sync dependency, which FastAPI runs in its thread pool, a thread hop on every request
+# (seen with py-spy under 64 embedding clients: ~40 pool threads and their GIL traffic).
+_api: OpenAIHandlers | None = None
 
-    @app.post("/embeddings", response_model=None)
-    async def embeddings(self, body: EmbeddingRequest, request: Request) -> Response:
-        return json_response(await self.api.embeddings(body, request.state.log))
 
-    @app.post("/search", response_model=None)
-    async def search(self, body: SearchRequest, request: Request) -> Response:
-        return json_response(await self.api.search(body, request.state.log))
+def api() -> OpenAIHandlers:
+    if _api is None:
+        raise Overloaded("the service is still starting", retry_after_s=SETTINGS.serving.retry_after_s)
+    return _api
 
-    @app.post("/rag", response_model=None)
-    async def rag(self, body: RagRequest, request: Request) -> Response:
-        out = await cancel_on_disconnect(request, self.api.rag(body, request.state.log))
-        return out if isinstance(out, Response) else json_response(out)
+
+@app.get("/models", response_model=None)
+async def models() -> Response:
+    return json_response(api().models())
+
+
+@app.post("/chat/completions", response_model=None)
+async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+    out = await cancel_on_disconnect(request, api().chat(body, request.state.log))
+    return out if isinstance(out, Response) else json_response(out)
+
+
+@app.post("/embeddings", response_model=None)
+async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
+    return json_response(await api().embeddings(body, request.state.log))
+
+
+@app.post("/search", response_model=None)
+async def search(body: SearchRequest, request: Request) -> Response:
+    return json_response(await api().search(body, request.state.log))
+
+
+@app.post("/rag", response_model=None)
+async def rag(body: RagRequest, request: Request) -> Response:
+    out = await cancel_on_disconnect(request, api().rag(body, request.state.log))
+    return out if isinstance(out, Response) else json_response(out)

@@ -94,14 +94,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def run(a: argparse.Namespace, url: str) -> dict[str, object]:
-    one = asyncio.run(chat(url, 1, a.max_tokens))
-    many = asyncio.run(chat(url, a.streams, a.max_tokens))
-    result: dict[str, object] = {
-        "chat_1": one,
-        f"chat_{a.streams}": many,
-        "chat_ratio": round(many["tokens_per_s"] / one["tokens_per_s"], 2),
-    }
-    print(json.dumps(result), flush=True)
+    result: dict[str, object] = {}
+    if not a.skip_chat:
+        one = asyncio.run(chat(url, 1, a.max_tokens))
+        many = asyncio.run(chat(url, a.streams, a.max_tokens))
+        result |= {
+            "chat_1": one,
+            f"chat_{a.streams}": many,
+            "chat_ratio": round(many["tokens_per_s"] / one["tokens_per_s"], 2),
+        }
+        print(json.dumps(result), flush=True)
     if not a.skip_embed:
         if shutil.which("wrk"):
             e1, en = embed_wrk(url, 1, a.embed_seconds), embed_wrk(url, a.clients, a.embed_seconds)
@@ -153,6 +155,7 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=64)
     ap.add_argument("--embed-seconds", type=float, default=15)
     ap.add_argument("--skip-embed", action="store_true")
+    ap.add_argument("--skip-chat", action="store_true")
     a = ap.parse_args()
     if a.url:
         result = run(a, a.url)

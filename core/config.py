@@ -209,7 +209,8 @@ class ServingParams(_Section):
     embed_max_batch_size: int = Field(default=32, ge=1)
     """Texts per embedder forward pass (micro-batching across requests)."""
     embed_max_wait_ms: float = Field(default=5.0, ge=0)
-    """How long the first text of a batch waits for company; a wait window, never a shedding deadline."""
+    """How long the first text of a batch waits for company once the previous pass had some (a lone client
+    never waits); a wait window, never a shedding deadline."""
     embed_max_queue: int = Field(default=4096, ge=1)
     """Texts waiting to be embedded; beyond this a request gets 429 with Retry-After."""
     embed_max_inputs: int = Field(default=256, ge=1)

@@ -268,3 +268,17 @@ def test_the_index_location_is_overridable_for_containers() -> None:
     assert s.index.collection_prefix == p.index.collection_prefix
     with pytest.raises(ConfigError, match="SERVING_CHROMA_PORT"):
         load_settings(p, environ={"SERVING_CHROMA_PORT": "99999999"})
+
+
+def test_a_lone_request_does_not_wait_for_company() -> None:
+    """The wait window applies only after a pass that had company: with a 10-minute window, one client's
+    requests still each run at once (the bound below is a hang guard, not a timing)."""
+    model = _FakeST()
+    engine = EmbedderEngine(model, max_batch_size=16, max_wait_ms=600_000)  # type: ignore[arg-type]
+
+    async def main() -> None:
+        for i in range(3):
+            await asyncio.wait_for(engine.embed(["x" * (i + 1)]), timeout=60)
+
+    asyncio.run(main())
+    assert model.batches == [1, 1, 1]
