@@ -55,8 +55,11 @@ def champion_project(request: pytest.FixtureRequest) -> Path:
 
 @pytest.fixture(scope="session")
 def server(champion_project: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    log = tmp_path_factory.mktemp("server") / "bentoml.log"
-    env = {**project_env(champion_project), **SERVER_ENV}
+    folder = tmp_path_factory.mktemp("server")
+    log = folder / "bentoml.log"
+    # A private BENTOML_HOME: BentoML clears its Prometheus multiprocess folder at start-up, which would
+    # wipe the metrics of a server the developer has running.
+    env = {**project_env(champion_project), **SERVER_ENV, "BENTOML_HOME": str(folder / "bentoml-home")}
     try:
         with started_server(champion_project, log, env, timeout_s=STARTUP_TIMEOUT_S) as launched:
             yield Server(launched.url, champion_project, log)
