@@ -17,7 +17,7 @@ export DO_NOT_TRACK := 1
 export WANDB_SILENT := true
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help install lock pipeline serve test test-fast lint format bench bench-batching clean
+.PHONY: help install lock pipeline serve test test-fast lint format wrk bench bench-batching clean
 
 help:
 	@echo "make serve     install, run the pipeline (dvc repro, only what is stale) and serve on :3000"
@@ -69,12 +69,13 @@ test-fast: install
 	$(BIN)/pytest -m "not slow"
 
 # wrk is the load client for embeddings (an asyncio client measures itself on 2 cores; see the script).
-bench: pipeline
+wrk:
 	command -v wrk >/dev/null || (apt-get install -y -q wrk || (apt-get update -q && apt-get install -y -q wrk)) || true
+
+bench: pipeline wrk
 	$(BIN)/python -m benchmarks.serving_throughput --streams 16 --clients 64
 
-bench-batching: pipeline
-	command -v wrk >/dev/null || (apt-get install -y -q wrk || (apt-get update -q && apt-get install -y -q wrk)) || true
+bench-batching: pipeline wrk
 	$(BIN)/python -m benchmarks.bentoml_batching --ours --unbatched --repeat 2
 
 clean:

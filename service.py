@@ -23,7 +23,6 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from serving.api import OpenAIHandlers, json_response
-from serving.errors import Overloaded
 from serving.http import cancel_on_disconnect, create_app
 from serving.metrics import PrometheusObserver, record_request
 from serving.platform import Platform
@@ -58,8 +57,7 @@ class ModelPlatform:
             torch.set_num_threads(SETTINGS.serving.torch_threads)
         self.platform = Platform.build(load_models(SETTINGS), SETTINGS, observer=PrometheusObserver())
         self.platform.start()
-        global _api
-        _api = OpenAIHandlers(self.platform, SETTINGS)
+        self.api = OpenAIHandlers(self.platform, SETTINGS)
 
     def __is_ready__(self) -> bool:
         return self.platform.is_ready()
@@ -68,13 +66,10 @@ class ModelPlatform:
 # The routes are module functions, not methods of the class: BentoML injects `self` into FastAPI class
 # views through a sync dependency, which FastAPI runs in its thread pool, a thread hop on every request
 # (seen with py-spy under 64 embedding clients: ~40 pool threads and their GIL traffic).
-_api: OpenAIHandlers | None = None
-
-
 def api() -> OpenAIHandlers:
-    if _api is None:
-        raise Overloaded("the service is still starting", retry_after_s=SETTINGS.serving.retry_after_s)
-    return _api
+    """The running service's handlers."""
+    handlers: OpenAIHandlers = bentoml.get_current_service().api
+    return handlers
 
 
 @app.get("/models", response_model=None)

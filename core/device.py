@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 
 import torch
@@ -31,8 +32,29 @@ def is_oom(exc: BaseException) -> bool:
 
 def free_memory(device: torch.device | str) -> None:
     """Give cached blocks back after an out-of-memory error so a smaller retry can fit."""
-    import gc
-
     gc.collect()
     if torch.device(device).type == "cuda":
         torch.cuda.empty_cache()
+
+
+class MemoryBackoff:
+    """A batch-size cap that halves on out-of-memory and grows back by one after `recovery` good batches.
+
+    One mechanism for both serving engines: the chat engine's running slots, the embedder's texts per pass.
+    """
+
+    def __init__(self, cap: int, recovery: int = 64) -> None:
+        self.cap = cap
+        self.value = cap
+        self.recovery = recovery
+        self._ok = 0
+
+    def shrink(self, failed_size: int) -> int:
+        """A batch of `failed_size` ran out of memory: allow at most half of it from now on."""
+        self.value, self._ok = max(1, min(self.value, failed_size // 2)), 0
+        return self.value
+
+    def succeeded(self) -> None:
+        self._ok += 1
+        if self.value < self.cap and self._ok >= self.recovery:
+            self.value, self._ok = self.value + 1, 0

@@ -11,17 +11,19 @@ Nothing else in `serving/` reads the environment.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from core.config import ConfigError, IndexParams, Params, ServingParams, load_params, tracking_uri
 from core.paths import PROJECT_ROOT
 
 ENV_PREFIX = "SERVING_"
+S = TypeVar("S", bound=BaseModel)
 
 
 @dataclass(frozen=True)
@@ -67,9 +69,14 @@ def service_resources(serving: ServingParams, visible_gpus: int | None = None) -
     return out
 
 
-def _env_overrides(environ: dict[str, str]) -> dict[str, object]:
+def _overridden(section: S, names: Iterable[str], environ: dict[str, str], label: str) -> S:
+    """`section` with its `SERVING_<NAME>` environment overrides applied, validated like the file's values.
+
+    Raises:
+        ConfigError: an override is invalid; the message names the variable and why.
+    """
     out: dict[str, object] = {}
-    for name in ServingParams.model_fields:
+    for name in names:
         raw = environ.get(ENV_PREFIX + name.upper())
         if raw is None:
             continue
@@ -79,7 +86,11 @@ def _env_overrides(environ: dict[str, str]) -> dict[str, object]:
             out[name] = None
         else:
             out[name] = raw
-    return out
+    try:
+        return type(section).model_validate({**section.model_dump(), **out})
+    except ValidationError as e:
+        why = "; ".join(f"{ENV_PREFIX}{'.'.join(map(str, x['loc'])).upper()}: {x['msg']}" for x in e.errors())
+        raise ConfigError(f"invalid {label} override: {why}") from None
 
 
 def load_settings(params: Params | None = None, environ: dict[str, str] | None = None) -> Settings:
@@ -97,22 +108,8 @@ def load_settings(params: Params | None = None, environ: dict[str, str] | None =
     """
     p = params if params is not None else load_params()
     env = dict(os.environ) if environ is None else environ
-    overrides = _env_overrides(env)
-    try:
-        serving = ServingParams.model_validate({**p.serving.model_dump(), **overrides})
-    except ValidationError as e:
-        why = "; ".join(f"{ENV_PREFIX}{'.'.join(map(str, x['loc'])).upper()}: {x['msg']}" for x in e.errors())
-        raise ConfigError(f"invalid serving override: {why}") from None
-    index_overrides = {
-        name: env[ENV_PREFIX + name.upper()]
-        for name in ("chroma_host", "chroma_port", "chroma_path")
-        if env.get(ENV_PREFIX + name.upper())
-    }
-    try:
-        index = IndexParams.model_validate({**p.index.model_dump(), **index_overrides})
-    except ValidationError as e:
-        why = "; ".join(f"{ENV_PREFIX}{'.'.join(map(str, x['loc'])).upper()}: {x['msg']}" for x in e.errors())
-        raise ConfigError(f"invalid index override: {why}") from None
+    serving = _overridden(p.serving, ServingParams.model_fields, env, "serving")
+    index = _overridden(p.index, ("chroma_host", "chroma_port", "chroma_path"), env, "index")
     uri = env.get("MLFLOW_TRACKING_URI") or tracking_uri()
     return Settings(
         serving=serving,

@@ -20,8 +20,8 @@ Out of memory in a step (prefill or decode), vLLM's recompute preemption: the ba
 (it may be half-updated), the device cache freed, and every live request goes back to the front of the
 queue keeping what it has generated; the slot limit is halved, so the retry runs smaller batches, and
 re-admission prefills prompt + generated tokens, so a greedy answer is unchanged. A single request that
-still does not fit fails alone with 503. The limit grows back one slot per `OOM_RECOVERY_STEPS` decode
-steps without an error.
+still does not fit fails alone with 503. The limit grows back one slot per 64 decode steps without an
+error (`core.device.MemoryBackoff`).
 
 Shapes: cache keys/values per layer (B, kv_heads, L, head_dim); `mask` (B, L) with 1 for real tokens
 (left padding is 0); `next` (B, 1) holds each row's newest token, emitted but not yet in the cache.
@@ -48,14 +48,13 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
-from core.device import free_memory, is_oom
+from core.device import MemoryBackoff, free_memory, is_oom
 from core.log import get_logger
 from serving.engines.types import Completion, EngineObserver, FinishReason, SamplingParams, TokenDelta
 from serving.errors import ContextLengthExceeded, InvalidRequest, Overloaded, QueueFull, RequestTimeout, ServingError
 
 log = get_logger(__name__)
 _ids = itertools.count()
-OOM_RECOVERY_STEPS = 64
 
 
 class _Seq:
@@ -76,7 +75,6 @@ class _Seq:
         self.cancelled = False
         self.done = False
         self.generator = torch.Generator().manual_seed(params.seed) if params.seed is not None else None
-        self.preemptions = 0  # times sent back to the queue by an out-of-memory step
 
     def deliver(self, item: TokenDelta | BaseException) -> None:
         try:
@@ -166,8 +164,7 @@ class ChatEngine:
         self.timeout_s = timeout_s
         self.retry_after_s = retry_after_s
         self.observer = observer or EngineObserver()
-        self.limit = max_batch_size  # running-slot limit: halved on out-of-memory, regrown while steps succeed
-        self._ok_steps = 0
+        self.backoff = MemoryBackoff(max_batch_size)  # running-slot limit: halved on out-of-memory
         self.device = next(model.parameters()).device
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.eos_ids = self._eos_ids()
@@ -248,6 +245,11 @@ class ChatEngine:
             self._waiting.append(seq)
             self._cv.notify()
         return GenerationHandle(self, seq)
+
+    @property
+    def limit(self) -> int:
+        """Requests decoded together now: `max_batch_size`, or less after an out-of-memory step."""
+        return self.backoff.value
 
     def load(self) -> dict[str, int]:
         """Running and waiting request counts (for logs and tests)."""
@@ -369,9 +371,7 @@ class ChatEngine:
         tokens = self._sample(out.logits[:, -1, :], self._rows)
         self._next = tokens.view(-1, 1)
         self.observer.batch_size(self.name, rows)
-        self._ok_steps += 1
-        if self.limit < self.max_batch_size and self._ok_steps >= OOM_RECOVERY_STEPS:
-            self.limit, self._ok_steps = self.limit + 1, 0
+        self.backoff.succeeded()
         self._retire(self._emit(self._rows, tokens))
 
     def _sample(self, logits: torch.Tensor, rows: list[_Seq]) -> torch.Tensor:
@@ -472,7 +472,6 @@ class ChatEngine:
         for s in everyone:
             s.done = s.done or s.cancelled
         self._rows, self._cache, self._mask, self._next = [], None, None, None
-        self._ok_steps = 0
         free_memory(self.device)
         if len(live) <= 1:
             for s in live:
@@ -485,14 +484,11 @@ class ChatEngine:
                     )
                 )
             return
-        self.limit = max(1, len(live) // 2)
         log.warning(
             "out of memory with %d requests in the batch; requeued them, running at most %d at once",
             len(live),
-            self.limit,
+            self.backoff.shrink(len(live)),
         )
-        for s in live:
-            s.preemptions += 1
         with self._cv:
             self._waiting.extendleft(reversed(live))  # ahead of newer requests, in their original order
 

@@ -1,8 +1,8 @@
 """Embedder engine: concurrent requests share forward passes through one micro-batcher.
 
 Why our own micro-batcher rather than BentoML's adaptive batching (`batchable=True`), measured
-(`make bench-batching`: the same champion embedder behind a bare batchable BentoML API, both driven by wrk
-with one text per request, 2-core CPU, medians of 2 rounds):
+(`make bench-batching` at commit 1cacb4b: the same champion embedder behind a bare batchable BentoML API,
+both driven by wrk with one text per request, 2-core CPU, medians of 2 rounds; rerun it for today's code):
 
     | server                                 | 1 client | 64 clients | ratio | 503s | p99 at 1 client |
     | BentoML batchable, 32 / 1000 ms        | 68.8/s   | 265.1/s    | 3.9x  | 0    | 118-151 ms      |
@@ -28,7 +28,7 @@ Throughput under load is the same, so the choice rests on the rest:
 
 Out of memory in a forward pass: the device cache is freed and the batch is split in halves and retried,
 down to one text (which then fails alone with 503); the batch cap halves too and grows back one text per
-`OOM_RECOVERY_BATCHES` batches without an error.
+64 batches without an error (`core.device.MemoryBackoff`, shared with the chat engine).
 
 The batcher is a plain asyncio component, unit-tested without a server (tests/serving/test_engines.py).
 """
@@ -43,13 +43,12 @@ from dataclasses import dataclass
 import numpy as np
 from sentence_transformers import SentenceTransformer
 
-from core.device import free_memory, is_oom
+from core.device import MemoryBackoff, free_memory, is_oom
 from core.log import get_logger
 from serving.engines.types import EngineObserver
 from serving.errors import ContextLengthExceeded, InvalidRequest, Overloaded, PayloadTooLarge, QueueFull
 
 log = get_logger(__name__)
-OOM_RECOVERY_BATCHES = 64
 
 
 @dataclass
@@ -77,8 +76,7 @@ class EmbedderEngine:
     ) -> None:
         self.model = model
         self.max_batch_size = max_batch_size
-        self.limit = max_batch_size  # texts per forward pass: halved on out-of-memory, regrown after successes
-        self._ok_batches = 0
+        self.backoff = MemoryBackoff(max_batch_size)  # texts per forward pass: halved on out-of-memory
         self.max_wait_s = max_wait_ms / 1000
         self._last_batch = 0  # texts in the previous forward pass: 1 means nobody to wait for
         self.max_queue = max_queue
@@ -160,15 +158,14 @@ class EmbedderEngine:
             free_memory(self.model.device)
             if len(texts) == 1:
                 raise Overloaded("out of memory embedding one text; retry later, or send a shorter text") from e
-            self.limit, self._ok_batches = max(1, min(self.limit, len(texts) // 2)), 0
             log.warning(
-                "out of memory embedding %d texts; retrying in halves, at most %d per batch", len(texts), self.limit
+                "out of memory embedding %d texts; retrying in halves, at most %d per batch",
+                len(texts),
+                self.backoff.shrink(len(texts)),
             )
             half = len(texts) // 2
             return np.concatenate([self.embed_fitting(texts[:half]), self.embed_fitting(texts[half:])])
-        self._ok_batches += 1
-        if self.limit < self.max_batch_size and self._ok_batches >= OOM_RECOVERY_BATCHES:
-            self.limit, self._ok_batches = self.limit + 1, 0
+        self.backoff.succeeded()
         return out
 
     def warmup(self) -> None:
@@ -187,7 +184,7 @@ class EmbedderEngine:
             # Wait for company only when the last pass had some: a lone client is served at once (no wait
             # window in its latency), concurrent ones get full batches. Whatever is queued is taken either way.
             deadline = loop.time() + (self.max_wait_s if self._last_batch > 1 else 0.0)
-            while len(batch) < self.limit:
+            while len(batch) < self.backoff.value:
                 if queue.empty():
                     remaining = deadline - loop.time()
                     if remaining <= 0:

@@ -54,6 +54,10 @@ def test_bento_config_declares_resources_and_offline_env(bento: Path) -> None:
 
 
 def test_containerize_has_a_dockerfile(bento: Path) -> None:
+    """The Dockerfile `bentoml containerize` builds: installs the bento's locked requirements, offline."""
     dockerfile = (bento / "env" / "docker" / "Dockerfile").read_text()
-    assert dockerfile.startswith("#") or "FROM " in dockerfile
+    assert "\nFROM python:3.11" in dockerfile
+    assert "pip install -r $BENTO_PATH/env/python/requirements.txt" in dockerfile
+    assert "torch==2.13.0" in (bento / "env" / "python" / "requirements.txt").read_text()
     assert "ENV HF_HUB_OFFLINE" in dockerfile
+    assert "ENTRYPOINT" in dockerfile

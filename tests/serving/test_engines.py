@@ -298,16 +298,16 @@ def test_out_of_memory_on_one_request_is_a_503_and_the_engine_lives(chat_parts) 
 
 
 def test_embedder_splits_a_batch_that_runs_out_of_memory(embedder: EmbedderEngine) -> None:
+    engine = EmbedderEngine(embedder.model, max_batch_size=8, max_wait_ms=5)  # its own cap, shrunk below
     texts = [f"text number {i} about python" for i in range(6)]
-    direct = embedder.model.encode(texts, normalize_embeddings=True)
-    oom = _InjectedOom(embedder.model[0], rows=2)
+    direct = engine.model.encode(texts, normalize_embeddings=True)
+    oom = _InjectedOom(engine.model[0], rows=2)
     try:
-        got = asyncio.run(embedder.embed(texts))
+        got = asyncio.run(engine.embed(texts))
+        oom.rows = 0
         with pytest.raises(Overloaded, match="out of memory"):
-            oom.rows = 0
-            asyncio.run(embedder.embed(["one text"]))
+            asyncio.run(engine.embed(["one text"]))
     finally:
         oom.remove()
-        embedder.limit = embedder.max_batch_size
-    assert oom.raised > 0
+    assert oom.raised > 0 and engine.backoff.value <= 2
     assert np.allclose(got, direct, atol=1e-5)

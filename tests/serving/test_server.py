@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import httpx
 import numpy as np
@@ -261,6 +262,6 @@ def test_one_structured_log_line_per_request(server: Server) -> None:
         lines = [line for line in server.log.read_text().splitlines() if "logcheck-1" in line]
         if lines:
             break
-        asyncio.run(asyncio.sleep(0.1))
+        time.sleep(0.1)
     assert len(lines) == 1 and "route=/v1/models" in lines[0] and "status=200" in lines[0]
     assert not [line for line in server.log.read_text().splitlines() if "path=/v1/models" in line]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from pydantic import ValidationError
 
 from core.config import ConfigError, load_params
@@ -254,10 +255,13 @@ def test_service_resources_claim_a_gpu_only_where_one_is_visible() -> None:
 
 
 def test_the_bentoml_service_declares_its_resources() -> None:
-    """What `bentoml serve`/`build` read: on this CPU machine no GPU is claimed, so nothing waits for one."""
+    """What `bentoml serve`/`build` read: a GPU is claimed exactly where torch sees one (none on a CPU
+    machine, so nothing waits for one), with the CPU and memory requests from params.yaml."""
     import service
 
-    assert service.ModelPlatform.config["resources"] == service_resources(service.SETTINGS.serving)
+    resources = service.ModelPlatform.config["resources"]
+    assert ("gpu" in resources) == (torch.cuda.device_count() > 0)
+    assert (resources["cpu"], resources["memory"]) == ("2", "4Gi")
     assert service.ModelPlatform.config["workers"] == 1
 
 
