@@ -6,7 +6,7 @@ embedding requests as well as our in-process micro-batcher (serving/engines/embe
 
 Each config `max_batch_size:max_latency_ms` starts `bentoml serve benchmarks.bentoml_batching_service:EmbedBatching`
 (the same champion embedder as service.py), waits for /readyz, then drives it with wrk and
-benchmarks/embed.lua (one text per request): a short warm-up and a measured run at 1 connection, then
+benchmarks/embed_bentoml.lua (one text per request): a short warm-up and a measured run at 1 connection, then
 the same at N connections. `--ours` runs the identical procedure (same wrk, same texts, same counting) against
 our server's /v1/embeddings; `--unbatched` against the service's non-batchable endpoint.
 
@@ -32,16 +32,17 @@ import platform
 import re
 import resource
 import statistics
+import subprocess
 import time
 from pathlib import Path
 
 import httpx
 
-from benchmarks.serving_throughput import wrk
 from serving.launch import Launched as Server
 from serving.launch import ServerStartError, started_server
 
 ROOT = Path(__file__).resolve().parent.parent
+LUA = ROOT / "benchmarks" / "embed_bentoml.lua"
 TARGET = "benchmarks.bentoml_batching_service:EmbedBatching"
 REPORT = ROOT / "state" / "bench" / "bentoml_batching.json"
 LOG_DIR = ROOT / "state" / "bench"
@@ -132,6 +133,18 @@ def wait_quiet(server: Server, max_wait_s: float) -> float:
 
 
 # --- load ---
+
+
+def wrk(url: str, connections: int, seconds: float, threads: int, body_kind: str) -> dict[str, float]:
+    """One wrk run; returns the RESULT line of embed_bentoml.lua as numbers."""
+    t = max(1, min(threads, connections))  # wrk needs connections >= threads
+    cmd = ["/usr/bin/wrk", f"-t{t}", f"-c{connections}", f"-d{max(1, round(seconds))}s"]
+    # --timeout: wrk's default 2 s would turn queued-but-answered requests into silent socket timeouts
+    cmd += ["--timeout", "60s", "-s", str(LUA), url]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env={**os.environ, "BODY_KIND": body_kind})
+    line = next(x for x in reversed(out.stdout.splitlines()) if x.startswith("RESULT "))
+    fields = {k: float(v) for k, v in (p.split("=") for p in line.split()[1:])}
+    return {"connections": connections, "wrk_threads": t, **fields}
 
 
 def metric_sums(url: str, name: str, label: str) -> tuple[float, float]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -119,24 +118,31 @@ def run(a: argparse.Namespace, url: str) -> dict[str, object]:
     return result
 
 
-def wrk(url: str, connections: int, seconds: float, threads: int = 1, body_kind: str = "openai") -> dict[str, float]:
-    """One wrk run with benchmarks/embed.lua; returns its RESULT line as numbers (goodput = 2xx/s)."""
-    t = max(1, min(threads, connections))  # wrk needs connections >= threads
-    cmd = ["wrk", f"-t{t}", f"-c{connections}", f"-d{max(1, round(seconds))}s"]
-    # --timeout: wrk's default 2 s would turn queued-but-answered requests into silent socket timeouts
-    cmd += ["--timeout", "60s", "-s", str(ROOT / "benchmarks" / "embed.lua"), url]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env={**os.environ, "BODY_KIND": body_kind})
-    line = next(x for x in reversed(out.stdout.splitlines()) if x.startswith("RESULT "))
-    fields = {k: float(v) for k, v in (p.split("=") for p in line.split()[1:])}
-    return {"connections": connections, "wrk_threads": t, **fields}
-
-
-def embed_wrk(url: str, n: int, seconds: float) -> dict[str, Any]:
-    """The embedding measurement with wrk (C, one thread): on 2 shared cores an asyncio client at 64
-    connections spends about as much CPU as the server, and then measures itself (seen here: 2.3x with
-    httpx, 5.0x with wrk against the same server)."""
-    r = wrk(f"{url}/v1/embeddings", n, seconds)
-    return {"clients": n, "texts_per_s": round(r["goodput"], 1), "errors": int(r["non2xx"]), "client": "wrk"}
+def embed_wrk(url: str, n: int, seconds: float) -> dict[str, float]:
+    """The same measurement with wrk (C, one thread): on 2 shared cores an asyncio client at 64 connections
+    spends about as much CPU as the server, and then measures itself (seen here: 2.3x with httpx, 5.0x
+    with wrk against the same server)."""
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t1",
+            f"-c{n}",
+            f"-d{int(seconds)}s",
+            "-s",
+            str(ROOT / "benchmarks" / "embed.lua"),
+            f"{url}/v1/embeddings",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    fields = dict(part.split("=") for part in out.strip().splitlines()[-1].split())
+    return {
+        "clients": n,
+        "texts_per_s": float(fields["goodput"].removesuffix("/s")),
+        "errors": int(fields["non2xx"]),
+        "client": "wrk",
+    }
 
 
 def main() -> None:
