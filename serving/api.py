@@ -14,9 +14,9 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel
 from starlette.background import BackgroundTask
 
+from core.errors import InvalidRequest, ModelNotFound
 from serving.engines.chat import GenerationHandle
 from serving.engines.types import SearchHit
-from serving.errors import InvalidRequest, ModelNotFound
 from serving.http import sse_stream
 from serving.platform import Platform
 from serving.schemas import (

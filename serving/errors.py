@@ -1,7 +1,8 @@
-"""Domain errors of the serving core, and the ONE translation to an HTTP status and OpenAI error body.
+"""The edge's error table: each domain error (`core.errors`) as an HTTP status and an OpenAI error body.
 
-Engines and services raise these (they know nothing of HTTP); the edge (`serving/http.py`) calls
-`to_openai_error` once. Any other exception reaching the edge is a bug: 500 with a generic message.
+This is the only place a status code is chosen. Engines and services raise `core.errors` classes and
+know nothing of HTTP; `serving/http.py` calls `to_openai_error` once per failed request. Any other
+exception reaching the edge is a bug: 500 with a generic message (internals are not leaked).
 """
 
 from __future__ import annotations
@@ -9,67 +10,53 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-
-class ServingError(Exception):
-    """Base of every error a client can cause or must be told about."""
-
-    status: int = 500
-    type: str = "server_error"
-    code: str | None = None
-
-    def __init__(self, message: str, *, param: str | None = None, retry_after_s: int | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
-        self.retry_after_s = retry_after_s
-
-
-class InvalidRequest(ServingError):
-    """The request is well-formed JSON but asks for something invalid (names the field and why)."""
-
-    status, type, code = 400, "invalid_request_error", "invalid_request"
+from core.errors import (
+    ContextLengthExceeded,
+    InvalidRequest,
+    ModelNotFound,
+    Overloaded,
+    PayloadTooLarge,
+    QueueFull,
+    RateLimited,
+    RequestTimeout,
+    ServingError,
+    Unauthorized,
+)
 
 
-class ContextLengthExceeded(InvalidRequest):
-    """Prompt + max_tokens (or an embedding input) exceeds the model's window; never truncated silently."""
+@dataclass(frozen=True)
+class ErrorKind:
+    """How one domain error looks on the wire."""
 
-    code = "context_length_exceeded"
-
-
-class Unauthorized(ServingError):
-    status, type, code = 401, "authentication_error", "invalid_api_key"
-
-
-class ModelNotFound(ServingError):
-    status, type, code = 404, "invalid_request_error", "model_not_found"
+    status: int
+    type: str
+    """OpenAI's `error.type`."""
+    code: str | None
 
 
-class PayloadTooLarge(ServingError):
-    status, type, code = 413, "invalid_request_error", "payload_too_large"
+# Most specific first is not needed: the lookup walks each error's MRO, so a subclass without its
+# own row (a future `InvalidRequest` variant) gets its parent's.
+OPENAI_ERRORS: dict[type[ServingError], ErrorKind] = {
+    ServingError: ErrorKind(500, "server_error", None),
+    InvalidRequest: ErrorKind(400, "invalid_request_error", "invalid_request"),
+    ContextLengthExceeded: ErrorKind(400, "invalid_request_error", "context_length_exceeded"),
+    Unauthorized: ErrorKind(401, "authentication_error", "invalid_api_key"),
+    ModelNotFound: ErrorKind(404, "invalid_request_error", "model_not_found"),
+    PayloadTooLarge: ErrorKind(413, "invalid_request_error", "payload_too_large"),
+    RateLimited: ErrorKind(429, "rate_limit_error", "rate_limit_exceeded"),
+    QueueFull: ErrorKind(429, "rate_limit_error", "queue_full"),
+    Overloaded: ErrorKind(503, "server_error", "overloaded"),
+    RequestTimeout: ErrorKind(504, "timeout_error", "timeout"),
+}
+_BUG = ErrorKind(500, "server_error", None)
 
 
-class RateLimited(ServingError):
-    status, type, code = 429, "rate_limit_error", "rate_limit_exceeded"
-
-
-class QueueFull(ServingError):
-    """The engine's queue is at its bound: retry later."""
-
-    status, type, code = 429, "rate_limit_error", "queue_full"
-
-
-class Overloaded(ServingError):
-    """The engine cannot take work now (out of memory, not ready): retry later."""
-
-    status, type, code = 503, "server_error", "overloaded"
-
-
-class RequestTimeout(ServingError):
-    status, type, code = 504, "timeout_error", "timeout"
-
-
-class StartupError(RuntimeError):
-    """The server cannot start (registry, cache or index mismatch); the message says what to fix."""
+def kind_of(exc: BaseException) -> ErrorKind:
+    """The table row for an exception (its closest listed class), or the generic 500 for anything else."""
+    for cls in type(exc).__mro__:
+        if cls in OPENAI_ERRORS:
+            return OPENAI_ERRORS[cls]
+    return _BUG
 
 
 @dataclass(frozen=True)
@@ -81,12 +68,13 @@ class HttpError:
 
 def to_openai_error(exc: BaseException) -> HttpError:
     """Map any exception to a status, an OpenAI error body and headers (the only such mapping)."""
+    kind = kind_of(exc)
     if isinstance(exc, ServingError):
         headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s is not None else {}
-        body = {"error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}}
-        return HttpError(exc.status, body, headers)
-    body = {"error": {"message": "internal server error", "type": "server_error", "param": None, "code": None}}
-    return HttpError(500, body)
+        body = {"error": {"message": exc.message, "type": kind.type, "param": exc.param, "code": kind.code}}
+        return HttpError(kind.status, body, headers)
+    body = {"error": {"message": "internal server error", "type": kind.type, "param": None, "code": None}}
+    return HttpError(kind.status, body)
 
 
 def from_validation_errors(errors: list[dict[str, Any]]) -> InvalidRequest:

@@ -21,15 +21,9 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from core.errors import PayloadTooLarge, RateLimited, ServingError, Unauthorized
 from core.log import get_logger
-from serving.errors import (
-    PayloadTooLarge,
-    RateLimited,
-    ServingError,
-    Unauthorized,
-    from_validation_errors,
-    to_openai_error,
-)
+from serving.errors import from_validation_errors, to_openai_error
 from serving.settings import Settings
 
 log = get_logger("serving.requests")

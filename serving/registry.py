@@ -19,10 +19,10 @@ from pathlib import Path
 
 from chromadb.api.models.Collection import Collection
 
+from core.errors import StartupError
 from core.loading import load_chat, load_embedder
 from core.log import get_logger
 from core.vectorstore import ActiveIndex, chroma_client, read_active
-from serving.errors import StartupError
 from serving.settings import Settings
 
 log = get_logger(__name__)

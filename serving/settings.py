@@ -35,6 +35,12 @@ class Settings:
     chat_name: str
     embedder_name: str
     tracking_uri: str
+    device: str | None = None
+    """`MODELPLATFORM_DEVICE` (e.g. `cpu`, `cuda:1`); None lets `core.device.pick_device` choose."""
+    log_level: str = "INFO"
+    """`LOG_LEVEL` for the `serving` and `core` loggers (BentoML leaves the root logger at WARNING)."""
+    debug_step_delay_ms: float = 0.0
+    """`SERVING_DEBUG_STEP_DELAY_MS`: test-only, every chat forward sleeps this long (`serving/faults.py`)."""
 
     def cache_root(self) -> Path:
         p = Path(self.serving.cache_dir)
@@ -111,10 +117,17 @@ def load_settings(params: Params | None = None, environ: dict[str, str] | None =
     serving = _overridden(p.serving, ServingParams.model_fields, env, "serving")
     index = _overridden(p.index, ("chroma_host", "chroma_port", "chroma_path"), env, "index")
     uri = env.get("MLFLOW_TRACKING_URI") or tracking_uri()
+    try:
+        delay = float(env.get("SERVING_DEBUG_STEP_DELAY_MS") or 0)
+    except ValueError:
+        raise ConfigError("invalid SERVING_DEBUG_STEP_DELAY_MS: give milliseconds as a number") from None
     return Settings(
         serving=serving,
         index=index,
         chat_name=p.models.chat_name,
         embedder_name=p.models.embedder_name,
         tracking_uri=uri,
+        device=env.get("MODELPLATFORM_DEVICE") or None,
+        log_level=(env.get("LOG_LEVEL") or "INFO").upper(),
+        debug_step_delay_ms=delay,
     )

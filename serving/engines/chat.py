@@ -49,9 +49,9 @@ import torch.nn.functional as F
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from core.device import MemoryBackoff, free_memory, is_oom
+from core.errors import ContextLengthExceeded, InvalidRequest, Overloaded, QueueFull, RequestTimeout, ServingError
 from core.log import get_logger
 from serving.engines.types import Completion, EngineObserver, FinishReason, SamplingParams, TokenDelta
-from serving.errors import ContextLengthExceeded, InvalidRequest, Overloaded, QueueFull, RequestTimeout, ServingError
 
 log = get_logger(__name__)
 _ids = itertools.count()

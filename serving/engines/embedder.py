@@ -44,9 +44,9 @@ import numpy as np
 from sentence_transformers import SentenceTransformer
 
 from core.device import MemoryBackoff, free_memory, is_oom
+from core.errors import ContextLengthExceeded, InvalidRequest, Overloaded, PayloadTooLarge, QueueFull
 from core.log import get_logger
 from serving.engines.types import EngineObserver
-from serving.errors import ContextLengthExceeded, InvalidRequest, Overloaded, PayloadTooLarge, QueueFull
 
 log = get_logger(__name__)
 

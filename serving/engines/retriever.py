@@ -8,9 +8,9 @@ from typing import Any
 from chromadb.api.models.Collection import Collection
 from chromadb.errors import InvalidArgumentError
 
+from core.errors import InvalidRequest
 from serving.engines.embedder import EmbedderEngine
 from serving.engines.types import SearchHit
-from serving.errors import InvalidRequest
 
 
 class Retriever:

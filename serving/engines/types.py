@@ -47,8 +47,19 @@ class SearchHit:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class EngineHealth:
+    """Whether an engine can serve, and if not, why (shown on the status route, read by readiness)."""
+
+    healthy: bool
+    reason: str | None = None
+
+
 class EngineObserver:
     """Hooks the engines call so the edge can record metrics; the default records nothing."""
+
+    def load(self, engine: str, running: int, waiting: int) -> None:
+        """Requests in the batch and in the queue, reported whenever either changes."""
 
     def queue_time(self, engine: str, seconds: float) -> None: ...
 

@@ -13,13 +13,13 @@ import torch
 from chromadb.config import Settings
 
 from core import paths
+from core.errors import ContextLengthExceeded, InvalidRequest, Overloaded, QueueFull, RequestTimeout
 from core.loading import load_chat, load_embedder
 from serving.engines.chat import ChatEngine
 from serving.engines.embedder import EmbedderEngine
 from serving.engines.rag import RagService
 from serving.engines.retriever import Retriever
 from serving.engines.types import SamplingParams
-from serving.errors import ContextLengthExceeded, InvalidRequest, Overloaded, QueueFull, RequestTimeout
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from core.config import IndexParams, load_params
+from core.errors import StartupError
 from core.vectorstore import ActiveIndex, chroma_client, switch_active
-from serving.errors import StartupError
 from serving.registry import ServedModel, fetch, open_index
 from serving.settings import Settings, load_settings
 

@@ -13,16 +13,9 @@ import torch
 from pydantic import ValidationError
 
 from core.config import ConfigError, load_params
+from core.errors import ContextLengthExceeded, ModelNotFound, PayloadTooLarge, QueueFull, RequestTimeout
 from serving.engines.embedder import EmbedderEngine
-from serving.errors import (
-    ContextLengthExceeded,
-    ModelNotFound,
-    PayloadTooLarge,
-    QueueFull,
-    RequestTimeout,
-    from_validation_errors,
-    to_openai_error,
-)
+from serving.errors import from_validation_errors, to_openai_error
 from serving.http import RateLimiter, create_app, sse_stream
 from serving.schemas import ChatCompletionRequest, EmbeddingRequest, EmbeddingResponse, SearchRequest
 from serving.settings import load_settings, service_resources
@@ -77,7 +70,7 @@ def test_validation_errors_name_the_field() -> None:
     with pytest.raises(ValidationError) as info:
         ChatCompletionRequest.model_validate({"model": "chat", "messages": [], "temperature": 5})
     err = from_validation_errors(info.value.errors())  # type: ignore[arg-type]
-    assert err.status == 400 and err.param in {"messages", "temperature"}
+    assert to_openai_error(err).status == 400 and err.param in {"messages", "temperature"}
     assert "temperature" in err.message and "messages" in err.message
 
 
