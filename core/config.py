@@ -2,12 +2,18 @@
 
 Every knob the pipeline reads lives in `params.yaml`; this module parses it into frozen pydantic
 models that reject unknown keys and invalid values with a message naming the key and the fix.
-Environment overrides live in exactly one place: `tracking_uri()` and friends at the bottom.
+
+It is also the one place the pipeline reads the environment (the first section below): the project
+root, the download cache, the device, the log level, the MLflow URI and the W&B mode. `core.paths`,
+`core.device`, `core.log` and `core.tracking` ask here instead of reading `os.environ` themselves.
+The server reads its own overrides in `serving/settings.py` (on top of the functions here).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -15,11 +21,86 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from core.paths import PROJECT_ROOT
-
 
 class ConfigError(ValueError):
-    """`params.yaml` is missing, unreadable or invalid; the message says which key and why."""
+    """`params.yaml` or an environment variable is missing, unreadable or invalid; the message says which and why."""
+
+
+# ---- the environment: the one place the pipeline reads it -----------------------------------------
+# This section imports nothing from the project, so `core.paths` can take the root from here without
+# an import cycle (the params models below need the root too).
+
+
+@dataclass(frozen=True)
+class Environment:
+    """Every environment variable the pipeline reads, parsed once per call of `environment()`."""
+
+    root: Path
+    """`MODELPLATFORM_ROOT`: the project folder (default: the folder holding `core/`)."""
+    cache: Path
+    """`MODELPLATFORM_CACHE`: downloads shared by every copy of the project (default `~/.cache/modelplatform`)."""
+    device: str | None
+    """`MODELPLATFORM_DEVICE` (e.g. `cpu`, `cuda:1`); None lets `core.device.pick_device` choose."""
+    log_level: str
+    """`LOG_LEVEL` (default INFO), upper-cased; `core.log` rejects a name `logging` does not know."""
+    tracking_uri: str | None
+    """`MLFLOW_TRACKING_URI`; None means the embedded sqlite database under `state/` (`tracking_uri()`)."""
+    wandb_mode: str
+    """`WANDB_MODE`, else `online` when `WANDB_API_KEY` is set, else `offline`."""
+
+
+def project_root(environ: Mapping[str, str] | None = None) -> Path:
+    """`MODELPLATFORM_ROOT`, else the folder holding `core/` (this checkout, or a test's copy of it).
+
+    Separate from `environment()` because it runs at import and must not fail on an unrelated variable.
+    """
+    root = (os.environ if environ is None else environ).get("MODELPLATFORM_ROOT")
+    return Path(root) if root else Path(__file__).resolve().parent.parent
+
+
+def environment(environ: Mapping[str, str] | None = None) -> Environment:
+    """Read the pipeline's environment variables (empty values count as unset).
+
+    Args:
+        environ: the variables to read (default: `os.environ`); tests pass a dict.
+
+    Returns:
+        The parsed environment; it never fails (values are checked where they are used).
+    """
+    env = os.environ if environ is None else environ
+
+    def get(name: str) -> str | None:
+        return env.get(name) or None
+
+    cache = get("MODELPLATFORM_CACHE")
+    return Environment(
+        root=project_root(env),
+        cache=Path(cache) if cache else Path.home() / ".cache" / "modelplatform",
+        device=get("MODELPLATFORM_DEVICE"),
+        log_level=(get("LOG_LEVEL") or "INFO").upper(),
+        tracking_uri=get("MLFLOW_TRACKING_URI"),
+        wandb_mode=get("WANDB_MODE") or ("online" if get("WANDB_API_KEY") else "offline"),
+    )
+
+
+PROJECT_ROOT = project_root()
+"""Fixed at import (every path in `core.paths` hangs off it); re-exported there."""
+
+
+def tracking_uri() -> str:
+    """MLflow tracking and registry URI: `MLFLOW_TRACKING_URI`, else the embedded sqlite database in `state/`.
+
+    The default is absolute so that a stage, a test or a fresh process all reach the same database.
+    """
+    return environment().tracking_uri or f"sqlite:///{PROJECT_ROOT / 'state' / 'mlflow.db'}"
+
+
+def wandb_mode() -> str:
+    """W&B runs offline unless the user configured a key (or set `WANDB_MODE` themselves)."""
+    return environment().wandb_mode
+
+
+# ---- params.yaml ------------------------------------------------------------------------------------
 
 
 class _Section(BaseModel):
@@ -310,21 +391,3 @@ def load_params(path: Path | str | None = None) -> Params:
 def params() -> Params:
     """The project's `params.yaml`, parsed once per process."""
     return load_params()
-
-
-# ---- environment overrides: the one place the pipeline reads the environment --------------------
-
-
-def tracking_uri() -> str:
-    """MLflow tracking URI: `MLFLOW_TRACKING_URI`, else the embedded sqlite database in `state/`.
-
-    The default is absolute so that a stage, a test or a fresh process all reach the same database.
-    """
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT / 'state' / 'mlflow.db'}"
-
-
-def wandb_mode() -> str:
-    """W&B runs offline unless the user configured a key (or set `WANDB_MODE` themselves)."""
-    if os.environ.get("WANDB_MODE"):
-        return os.environ["WANDB_MODE"]
-    return "online" if os.environ.get("WANDB_API_KEY") else "offline"

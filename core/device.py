@@ -1,17 +1,31 @@
-"""Device and dtype selection, shared by training, evaluation and serving."""
+"""Device and dtype selection, shared by training, evaluation and serving.
+
+The configured device comes from `MODELPLATFORM_DEVICE` through `core.config` (the pipeline) or from
+`serving.settings.Settings.device` (the server, which passes it in).
+"""
 
 from __future__ import annotations
 
 import gc
-import os
 
 import torch
 
+from core.config import environment
 
-def pick_device() -> str:
-    """`MODELPLATFORM_DEVICE` if set, else CUDA when present, else CPU."""
-    if os.environ.get("MODELPLATFORM_DEVICE"):
-        return os.environ["MODELPLATFORM_DEVICE"]
+
+def pick_device(configured: str | None = None) -> str:
+    """The device models run on.
+
+    Args:
+        configured: an explicit choice (`cpu`, `cuda`, `cuda:1`, ...), e.g. the server's `Settings.device`.
+
+    Returns:
+        `configured` when given, else `MODELPLATFORM_DEVICE` (read by `core.config`), else `cuda` when torch
+        sees a GPU, else `cpu`.
+    """
+    configured = configured or environment().device
+    if configured:
+        return configured
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 

@@ -57,3 +57,25 @@ class RequestTimeout(ServingError):
 
 class StartupError(RuntimeError):
     """The server cannot start (registry, cache or index mismatch); the message says what to fix."""
+
+
+# ---- the model registry (core/registry.py) ----------------------------------------------------------
+# Not ServingError subclasses: the pipeline raises them too, and each caller decides what one means
+# (the register stage: no champion yet; the index stage: stop; serving: fall back to its cache, else
+# StartupError).
+
+
+class RegistryError(RuntimeError):
+    """A model registry call failed; the message names the registry URI, the model and what to do."""
+
+
+class RegistryUnreachable(RegistryError):
+    """The registry cannot be reached: its database file does not exist, or its server does not answer."""
+
+
+class AliasNotFound(RegistryError):
+    """`name@alias` does not exist (no such registered model, or the alias was never set on it)."""
+
+
+class VersionNotFound(RegistryError):
+    """`name` has no such version (or no such registered model)."""

@@ -1,53 +1,106 @@
 """Model loading: one function per model kind, shared by evaluation, registration and serving.
 
-`source` is a local folder (a pipeline output) or an MLflow model URI such as
-`models:/embedder@champion`; either way the native flavour (sentence-transformers, transformers)
-comes back, not a pyfunc wrapper, so callers get batching and generation as the libraries offer them.
+`source` is a local folder (a pipeline output, or a downloaded MLflow model folder holding an `MLmodel`
+file), a `file://` URI of one, or a registry URI (`models:/embedder@champion`, `models:/chat/3`).
+Either way the native flavour (sentence-transformers, transformers) comes back, not a pyfunc wrapper,
+so callers get batching and generation as the libraries offer them.
+
+Registry URIs go through `core.registry` (download the version into a temporary folder, then load
+that folder) rather than through MLflow's own `models:/` resolution: one module resolves aliases, with
+one set of errors, whether the caller is the index stage, the register stage or the server (which
+downloads into its cache with the same call). MLflow's flavour loaders are still what read an MLflow
+model folder: they know each flavour's layout inside it (`model.sentence_transformer/`,
+`components/`), which is theirs to change between versions, not ours to copy.
 """
 
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 from sentence_transformers import SentenceTransformer
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from core.device import pick_device, pick_dtype
+from core.registry import Registry, is_model_uri
 
 
-def _is_mlflow(source: str | Path) -> bool:
-    """An MLflow model: a URI (`models:/...`, `runs:/...`, `file://...`) or a folder holding an MLmodel file."""
-    if isinstance(source, str) and ":/" in source and not Path(source).exists():
-        return True
-    return (Path(source) / "MLmodel").is_file()
+@contextmanager
+def _local_folder(source: str | Path) -> Iterator[Path]:
+    """The folder `source` names; a registry version is downloaded into a temporary one, removed after loading.
+
+    Raises:
+        FileNotFoundError: `source` is neither an existing folder, a `file://` URI of one, nor a `models:/` URI.
+        RegistryError: the registry cannot supply the version (`core.registry`).
+    """
+    if is_model_uri(source):
+        # Removing the files after loading is safe: the weights are in memory (or mmapped, which on Linux
+        # keeps the file alive until unmapped).
+        with tempfile.TemporaryDirectory(prefix="model-") as tmp:
+            yield Registry().download_uri(str(source), Path(tmp))
+        return
+    path = Path(unquote(urlparse(source).path)) if isinstance(source, str) and source.startswith("file:") else None
+    path = path or Path(source)
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"model source {str(source)!r} is not a folder: give a model folder, a file:// URI of one, or a registry "
+            "URI (`models:/NAME@ALIAS`, `models:/NAME/VERSION`)"
+        )
+    yield path
+
+
+def _is_mlflow_folder(folder: Path) -> bool:
+    return (folder / "MLmodel").is_file()
 
 
 def load_embedder(source: str | Path, device: str | None = None) -> SentenceTransformer:
-    """Load a sentence-transformers embedder from a folder or an MLflow model URI."""
-    device = device or pick_device()
-    if _is_mlflow(source):
-        import mlflow.sentence_transformers
+    """Load a sentence-transformers embedder.
 
-        return mlflow.sentence_transformers.load_model(str(source)).to(device)
-    return SentenceTransformer(str(source), device=device)
+    Args:
+        source: a folder, a `file://` URI or a `models:/` registry URI.
+        device: where to put it; None: `core.device.pick_device()`.
+
+    Raises:
+        FileNotFoundError: `source` names no folder.
+        RegistryError: a registry URI that the registry cannot resolve or supply.
+    """
+    device = pick_device(device)
+    with _local_folder(source) as folder:
+        if _is_mlflow_folder(folder):
+            import mlflow.sentence_transformers
+
+            return mlflow.sentence_transformers.load_model(str(folder)).to(device)
+        return SentenceTransformer(str(folder), device=device)
 
 
 def load_chat(source: str | Path, device: str | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a causal LM and its tokenizer from a folder or an MLflow model URI, in eval mode.
+    """Load a causal LM and its tokenizer, in eval mode; the tokenizer pads on the left (batched generation).
 
-    The tokenizer pads on the left (batched generation appends on the right).
+    Args:
+        source: a folder, a `file://` URI or a `models:/` registry URI.
+        device: where to put it; None: `core.device.pick_device()`. fp32 on CPU, bf16/fp16 on CUDA.
+
+    Raises:
+        FileNotFoundError: `source` names no folder.
+        RegistryError: a registry URI that the registry cannot resolve or supply.
     """
-    device = device or pick_device()
+    device = pick_device(device)
     dtype = pick_dtype(device)
-    if _is_mlflow(source):
-        import mlflow.transformers
+    with _local_folder(source) as folder:
+        if _is_mlflow_folder(folder):
+            import mlflow.transformers
 
-        parts: dict[str, Any] = mlflow.transformers.load_model(str(source), return_type="components", torch_dtype=dtype)
-        model, tok = parts["model"], parts["tokenizer"]
-    else:
-        tok = AutoTokenizer.from_pretrained(str(source))
-        model = AutoModelForCausalLM.from_pretrained(str(source), dtype=dtype)
+            parts: dict[str, Any] = mlflow.transformers.load_model(
+                str(folder), return_type="components", torch_dtype=dtype
+            )
+            model, tok = parts["model"], parts["tokenizer"]
+        else:
+            tok = AutoTokenizer.from_pretrained(str(folder))
+            model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype)
     model = model.to(device).eval()
     tok.padding_side = "left"
     if tok.pad_token is None:

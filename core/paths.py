@@ -1,15 +1,16 @@
 """Where things live. Pipeline outputs go under `artifacts/` (DVC outs, git-ignored); mutable
 local state (MLflow database and artifacts, Chroma, W&B, caches) under `state/` (git-ignored).
 
-The same paths are named in `dvc.yaml`; a test checks the two agree.
+The root and the download cache come from the environment through `core.config` (`MODELPLATFORM_ROOT`,
+`MODELPLATFORM_CACHE`). The `artifacts/` paths are also named in `dvc.yaml`; `tests/code/test_paths.py`
+checks that the two agree.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
+from core.config import PROJECT_ROOT, environment
 
-PROJECT_ROOT = Path(os.environ.get("MODELPLATFORM_ROOT", Path(__file__).resolve().parent.parent))
+__all__ = ["PROJECT_ROOT"]  # re-exported: most modules take the root from here with the other paths
 
 ARTIFACTS = PROJECT_ROOT / "artifacts"
 STATE = PROJECT_ROOT / "state"
@@ -41,5 +42,5 @@ ANSWERS_REPORT = ARTIFACTS / "reports" / "answers.json"
 REGISTER_REPORT = ARTIFACTS / "reports" / "register.json"
 INDEX_MANIFEST = ARTIFACTS / "index" / "manifest.json"
 
-MODEL_CACHE = Path(os.environ.get("MODELPLATFORM_CACHE", Path.home() / ".cache" / "modelplatform"))
+MODEL_CACHE = environment().cache
 """Downloaded wheels and other inputs shared by every copy of the project on this machine."""

@@ -1,8 +1,15 @@
 """Experiment tracking: every training and evaluation run goes to MLflow and to W&B.
 
-MLflow holds params, per-step metrics, artifacts, dataset lineage and the registry. W&B gets the
-same params and metrics (offline unless a key is configured); models and data stay in MLflow and DVC
-because offline W&B artifacts are fragile (wandb #5712, #3098).
+MLflow holds params, per-step metrics, logged models and dataset lineage; W&B gets the same params and
+metrics (offline unless a key is configured); models and data stay in MLflow and DVC because offline
+W&B artifacts are fragile (wandb #5712, #3098). Every MLflow run call of the pipeline is here:
+
+    tracked_run          a new run (training), mirrored to W&B
+    resume_run           reopen the run that trained a model (evaluate, register)
+    log_heldout_metrics  held-out scores onto that run
+    log_embedder_model / log_chat_model / log_datasets   the model and its lineage, inside a run
+
+Registering, tagging and promoting versions is `core.registry`'s job.
 """
 
 from __future__ import annotations
@@ -14,13 +21,17 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 
 from core.config import params, tracking_uri, wandb_mode
 from core.log import get_logger
 from core.paths import PROJECT_ROOT, STATE
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 log = get_logger(__name__)
 
@@ -134,6 +145,80 @@ def tracked_run(run_name: str, config: Mapping[str, Any], tags: Mapping[str, str
         finally:
             if wb is not None:
                 wb.finish()
+
+
+@contextmanager
+def resume_run(run_id: str) -> Iterator[None]:
+    """Reopen an existing MLflow run (the one that trained a model) so later stages log into it.
+
+    Args:
+        run_id: the run's id, as the training stage wrote it to its metrics file.
+    """
+    setup_mlflow()
+    with mlflow.start_run(run_id=run_id):
+        yield
+
+
+def log_heldout_metrics(run_id: str, metrics: Mapping[str, float]) -> None:
+    """Attach held-out scores to the run that trained the model, as `heldout_<metric>` (`@` -> `_at_`)."""
+    with resume_run(run_id):
+        mlflow.log_metrics({f"heldout_{k.replace('@', '_at_')}": float(v) for k, v in metrics.items()})
+
+
+def log_datasets(files: Mapping[str, tuple[Path, str]]) -> None:
+    """Record parquet datasets as inputs of the active run (`mlflow.log_input`), for lineage.
+
+    Args:
+        files: dataset name -> (parquet file, context such as `training` or `evaluation`).
+    """
+    import mlflow.data
+    import polars as pl
+
+    for name, (path, context) in files.items():
+        df = pl.read_parquet(path).to_pandas()
+        source = str(path.relative_to(PROJECT_ROOT))
+        ds = mlflow.data.from_pandas(df, source=source, name=name)  # type: ignore[attr-defined]
+        mlflow.log_input(ds, context=context)
+
+
+def log_embedder_model(model: SentenceTransformer, name: str, example: list[str], pip_requirements: list[str]) -> str:
+    """Log a sentence-transformers model into the active run, with a signature inferred from `example`.
+
+    Returns:
+        The logged model's URI (`models:/<model_id>`), for `core.registry.Registry.register`.
+    """
+    import mlflow.sentence_transformers
+    from mlflow.models import infer_signature
+
+    signature = infer_signature(example, model.encode(example))
+    info = mlflow.sentence_transformers.log_model(
+        model, name=name, signature=signature, input_example=example, pip_requirements=pip_requirements
+    )
+    return str(info.model_uri)
+
+
+def log_chat_model(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    name: str,
+    example: Mapping[str, Any],
+    pip_requirements: list[str],
+) -> str:
+    """Log a causal LM and its tokenizer into the active run as an `llm/v1/chat` transformers model.
+
+    Returns:
+        The logged model's URI (`models:/<model_id>`), for `core.registry.Registry.register`.
+    """
+    import mlflow.transformers
+
+    info = mlflow.transformers.log_model(
+        transformers_model={"model": model, "tokenizer": tokenizer},
+        name=name,
+        task="llm/v1/chat",
+        input_example=dict(example),
+        pip_requirements=pip_requirements,
+    )
+    return str(info.model_uri)
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:

@@ -11,15 +11,16 @@ import sys
 import time
 
 import polars as pl
-from mlflow import MlflowClient
 from tqdm import tqdm
 
 from core import paths
 from core.config import Params, params
+from core.errors import AliasNotFound, RegistryError
 from core.io import write_json
 from core.loading import load_embedder
 from core.log import get_logger
-from core.tracking import file_md5, setup_mlflow
+from core.registry import Registry
+from core.tracking import file_md5
 from core.vectorstore import ActiveIndex, chroma_client, collection_name, prune, read_active, switch_active
 
 log = get_logger(__name__)
@@ -30,10 +31,15 @@ class IndexBuildError(RuntimeError):
 
 
 def champion_version(p: Params) -> str:
-    setup_mlflow()
+    """The embedder version the champion alias points at.
+
+    Raises:
+        IndexBuildError: there is no champion yet (the promotion gate has not passed).
+        RegistryUnreachable: the registry cannot be reached.
+    """
     try:
-        return MlflowClient().get_model_version_by_alias(p.models.embedder_name, p.models.champion_alias).version
-    except Exception as e:
+        return Registry().resolve(p.models.embedder_name, p.models.champion_alias)
+    except AliasNotFound as e:
         raise IndexBuildError(
             f"no `{p.models.embedder_name}@{p.models.champion_alias}` in the registry: the promotion gate has not "
             f"passed yet (see {paths.REGISTER_REPORT.relative_to(paths.PROJECT_ROOT)})"
@@ -104,7 +110,7 @@ def build_index(p: Params) -> ActiveIndex:
 def main() -> None:
     try:
         active = build_index(params())
-    except IndexBuildError as e:
+    except (IndexBuildError, RegistryError) as e:
         sys.exit(f"index: {e}")
     write_json(active.to_metadata(), paths.INDEX_MANIFEST)
 

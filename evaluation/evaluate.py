@@ -12,7 +12,6 @@ import gc
 import json
 from pathlib import Path
 
-import mlflow
 import polars as pl
 
 from core import paths
@@ -20,7 +19,7 @@ from core.config import Params, params
 from core.io import write_json
 from core.loading import load_chat, load_embedder
 from core.log import get_logger
-from core.tracking import setup_mlflow
+from core.tracking import log_heldout_metrics
 from evaluation.chat_quality import answer_quality, heldout_loss
 from evaluation.retrieval import retrieval_metrics
 
@@ -57,9 +56,7 @@ def evaluate_chats(p: Params) -> tuple[dict[str, dict[str, float]], dict[str, li
 
 def _log_to_training_run(run_file: Path, metrics: dict[str, float]) -> None:
     """Attach held-out scores to the run that trained the model, so the registry shows them."""
-    run_id = json.loads(run_file.read_text())["run_id"]
-    with mlflow.start_run(run_id=run_id):
-        mlflow.log_metrics({f"heldout_{k.replace('@', '_at_')}": v for k, v in metrics.items()})
+    log_heldout_metrics(json.loads(run_file.read_text())["run_id"], metrics)
 
 
 def write_recall_plot(embedder: dict[str, dict[str, float]], k_values: tuple[int, ...]) -> None:
@@ -78,7 +75,6 @@ def main() -> None:
     write_recall_plot(embedder, p.evaluate.k_values)
     write_json(samples, paths.ANSWERS_REPORT)
     write_json({"embedder": embedder, "chat": chat}, paths.EVAL_METRICS)
-    setup_mlflow()
     _log_to_training_run(paths.TRAIN_EMBEDDER_METRICS, embedder["finetuned"])
     _log_to_training_run(paths.TRAIN_CHAT_METRICS, chat["finetuned"])
 

@@ -2,8 +2,9 @@
 `champion` alias to it only if the promotion gate passes.
 
 The model is logged into the run that trained it, with a signature, an input example, lineage tags
-(git commit, data md5s) and `mlflow.log_input` records for the datasets it was trained and scored
-on. The decision and its reasons go to `artifacts/reports/register.json` and onto the model version.
+(git commit, data md5s) and dataset lineage records for the datasets it was trained and scored on
+(`core.tracking`); registering, tagging and moving the alias go through `core.registry`. The decision
+and its reasons go to `artifacts/reports/register.json` and onto the model version.
 """
 
 from __future__ import annotations
@@ -15,19 +16,15 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-import mlflow
-import mlflow.data
 import polars as pl
-from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
 
 from core import paths
 from core.config import Params, params
 from core.io import write_json
 from core.loading import load_chat, load_embedder
 from core.log import get_logger
-from core.tracking import lineage_tags, setup_mlflow
+from core.registry import Registry
+from core.tracking import lineage_tags, log_chat_model, log_datasets, log_embedder_model, resume_run, setup_mlflow
 from evaluation.chat_quality import heldout_loss
 from evaluation.gate import Decision, decide
 from evaluation.retrieval import retrieval_metrics
@@ -40,22 +37,6 @@ def _pins(*packages: str) -> list[str]:
     return [f"{p}=={version(p)}" for p in packages]
 
 
-def _log_datasets(files: dict[str, tuple[Path, str]]) -> None:
-    for name, (path, context) in files.items():
-        df = pl.read_parquet(path).to_pandas()
-        source = str(path.relative_to(paths.PROJECT_ROOT))
-        ds = mlflow.data.from_pandas(df, source=source, name=name)  # type: ignore[attr-defined]
-        mlflow.log_input(ds, context=context)
-
-
-def current_champion(client: MlflowClient, name: str, alias: str) -> str | None:
-    """The version the alias points at, or None when the model or the alias does not exist yet."""
-    try:
-        return client.get_model_version_by_alias(name, alias).version
-    except MlflowException:
-        return None
-
-
 @dataclass
 class Registered:
     name: str
@@ -63,44 +44,38 @@ class Registered:
     model_uri: str
 
 
-def register_embedder(p: Params, run_id: str, tags: dict[str, str]) -> Registered:
+def register_embedder(p: Params, registry: Registry, run_id: str, tags: dict[str, str]) -> Registered:
     model = load_embedder(paths.EMBEDDER_MODEL, device="cpu")
-    example = ["json: dumps", "How do I read a file line by line?"]
-    signature = infer_signature(example, model.encode(example))
-    with mlflow.start_run(run_id=run_id):
-        info = mlflow.sentence_transformers.log_model(
+    with resume_run(run_id):
+        uri = log_embedder_model(
             model,
-            name="embedder",
-            signature=signature,
-            input_example=example,
+            "embedder",
+            example=["json: dumps", "How do I read a file line by line?"],
             pip_requirements=_pins("sentence-transformers", "transformers", "torch"),
         )
-        _log_datasets(
+        log_datasets(
             {
                 "embed_train": (paths.EMBED_TRAIN, "training"),
                 "embed_eval_queries": (paths.EMBED_EVAL_QUERIES, "evaluation"),
                 "embed_eval_corpus": (paths.EMBED_EVAL_CORPUS, "evaluation"),
             }
         )
-    mv = mlflow.register_model(info.model_uri, p.models.embedder_name, tags=tags)
-    return Registered(p.models.embedder_name, mv.version, info.model_uri)
+    return Registered(p.models.embedder_name, registry.register(uri, p.models.embedder_name, tags), uri)
 
 
-def register_chat(p: Params, run_id: str, tags: dict[str, str]) -> Registered:
+def register_chat(p: Params, registry: Registry, run_id: str, tags: dict[str, str]) -> Registered:
     model, tok = load_chat(paths.CHAT_MODEL, device="cpu")
     tok.padding_side = "right"  # restore the saved default; serving sets what it needs
-    example = {"messages": [{"role": "user", "content": "What does json.dumps do?"}]}
-    with mlflow.start_run(run_id=run_id):
-        info = mlflow.transformers.log_model(
-            transformers_model={"model": model, "tokenizer": tok},
-            name="chat",
-            task="llm/v1/chat",
-            input_example=example,
+    with resume_run(run_id):
+        uri = log_chat_model(
+            model,
+            tok,
+            "chat",
+            example={"messages": [{"role": "user", "content": "What does json.dumps do?"}]},
             pip_requirements=_pins("transformers", "torch", "accelerate"),
         )
-        _log_datasets({"chat_train": (paths.CHAT_TRAIN, "training"), "chat_eval": (paths.CHAT_EVAL, "evaluation")})
-    mv = mlflow.register_model(info.model_uri, p.models.chat_name, tags=tags)
-    return Registered(p.models.chat_name, mv.version, info.model_uri)
+        log_datasets({"chat_train": (paths.CHAT_TRAIN, "training"), "chat_eval": (paths.CHAT_EVAL, "evaluation")})
+    return Registered(p.models.chat_name, registry.register(uri, p.models.chat_name, tags), uri)
 
 
 def champion_score_embedder(p: Params, uri: str) -> float:
@@ -116,16 +91,23 @@ def champion_score_chat(p: Params, uri: str) -> float:
     return heldout_loss(model, tok, df, p.train_chat.max_length)["eval_loss"]
 
 
-def promote(client: MlflowClient, reg: Registered, decision: Decision, alias: str) -> str | None:
-    """Record the decision on the version; move the alias only when the gate passed."""
-    client.set_model_version_tag(reg.name, reg.version, "gate.decision", "promoted" if decision.promote else "rejected")
-    client.set_model_version_tag(reg.name, reg.version, "gate.reasons", " | ".join(decision.reasons))
+def promote(registry: Registry, reg: Registered, decision: Decision, alias: str) -> str | None:
+    """Record the decision on the version; move the alias only when the gate passed.
+
+    Returns:
+        The version the alias points at afterwards (None when there is still no champion).
+    """
+    registry.tag(
+        reg.name,
+        reg.version,
+        {"gate.decision": "promoted" if decision.promote else "rejected", "gate.reasons": " | ".join(decision.reasons)},
+    )
     if decision.promote:
-        client.set_registered_model_alias(reg.name, alias, reg.version)
+        registry.promote(reg.name, alias, reg.version)
         log.info("promoted model=%s version=%s alias=%s", reg.name, reg.version, alias)
     else:
         log.warning("not promoted model=%s version=%s reasons=%s", reg.name, reg.version, decision.reasons)
-    return current_champion(client, reg.name, alias)
+    return registry.find(reg.name, alias)
 
 
 @dataclass(frozen=True)
@@ -138,18 +120,24 @@ class Candidate:
     higher_is_better: bool
     min_gain: float
     train_metrics: Path
-    register: Callable[[Params, str, dict[str, str]], Registered]
+    register: Callable[[Params, Registry, str, dict[str, str]], Registered]
     champion_score: Callable[[Params, str], float]
 
 
-def gate_one(p: Params, client: MlflowClient, c: Candidate, scores: dict[str, dict[str, float]], tags: dict[str, str]):  # type: ignore[no-untyped-def]
-    """Register one fine-tuned model, score the current champion on the same held-out set, apply the gate."""
+def gate_one(
+    p: Params, registry: Registry, c: Candidate, scores: dict[str, dict[str, float]], tags: dict[str, str]
+) -> dict[str, Any]:
+    """Register one fine-tuned model, score the current champion on the same held-out set, apply the gate.
+
+    Returns:
+        The gate's decision (`Decision.to_dict()`) with the new version and the champion before and after.
+    """
     alias = p.models.champion_alias
-    old = current_champion(client, c.registered_name, alias)
+    old = registry.find(c.registered_name, alias)
     old_score = c.champion_score(p, f"models:/{c.registered_name}/{old}") if old else None
     run_id = json.loads(c.train_metrics.read_text())["run_id"]
     heldout = {f"heldout.{k.replace('@', '_at_')}": str(v) for k, v in scores["finetuned"].items()}
-    reg = c.register(p, run_id, tags | heldout)
+    reg = c.register(p, registry, run_id, tags | heldout)
     d = decide(
         c.metric,
         scores["finetuned"][c.metric],
@@ -163,14 +151,14 @@ def gate_one(p: Params, client: MlflowClient, c: Candidate, scores: dict[str, di
         **d.to_dict(),
         "version": reg.version,
         "previous_champion_version": old,
-        "champion_version": promote(client, reg, d, alias),
+        "champion_version": promote(registry, reg, d, alias),
     }
 
 
 def main() -> None:
     p = params()
     setup_mlflow()
-    client = MlflowClient()
+    registry = Registry()
     metrics = json.loads(paths.EVAL_METRICS.read_text())
     tags = lineage_tags({"chunks": paths.CHUNKS, "embed_train": paths.EMBED_TRAIN, "chat_train": paths.CHAT_TRAIN})
     candidates = [
@@ -195,7 +183,7 @@ def main() -> None:
             champion_score_chat,
         ),
     ]
-    report: dict[str, Any] = {c.kind: gate_one(p, client, c, metrics[c.kind], tags) for c in candidates}
+    report: dict[str, Any] = {c.kind: gate_one(p, registry, c, metrics[c.kind], tags) for c in candidates}
     write_json(report, paths.REGISTER_REPORT)
     for name, r in report.items():
         verdict = "PROMOTED" if r["promote"] else "not promoted"

@@ -1,9 +1,9 @@
 """Model layer: resolve registry aliases to versions, cache their artifacts by version, load them.
 
-    resolve   `models:/<name>@<alias>` -> version (MlflowClient)
+    resolve   `models:/<name>@<alias>` -> version (core.registry, the one module that calls MLflow's registry)
     cache     download that version once into `<cache_dir>/<name>/<version>/` (complete marker last)
-    load      core.loading (the same functions evaluation uses), from the cached folder
     verify    the active Chroma collection was built by the served embedder version
+    load      core.loading (the same functions evaluation uses), from the cached folder, on `settings.device`
 
 If the registry cannot be reached (or no longer knows the alias), start-up falls back to the version
 this alias resolved to last time, else the newest cached version, and says so in the log.
@@ -19,9 +19,11 @@ from pathlib import Path
 
 from chromadb.api.models.Collection import Collection
 
-from core.errors import StartupError
+from core.device import pick_device
+from core.errors import RegistryError, StartupError
 from core.loading import load_chat, load_embedder
 from core.log import get_logger
+from core.registry import Registry
 from core.vectorstore import ActiveIndex, chroma_client, read_active
 from serving.settings import Settings
 
@@ -41,47 +43,15 @@ class ServedModel:
     """True when the registry could not be reached and the cache supplied the version."""
 
     def uri(self) -> str:
-        # A file URI makes core.loading take its MLflow path (the folder is an MLflow model, not a bare
-        # transformers/sentence-transformers folder).
+        """The cached folder as a `file://` URI (core.loading takes it, or the path itself)."""
         return self.path.resolve().as_uri()
 
 
-def _registry_reachable(tracking_uri: str) -> None:
-    if tracking_uri.startswith("sqlite:///"):
-        db = Path(tracking_uri.removeprefix("sqlite:///"))
-        if not db.exists():  # MlflowClient would silently create an empty database here
-            raise StartupError(f"the registry database {db} does not exist")
-
-
-def resolve_version(name: str, alias: str, tracking_uri: str) -> str:
-    """The version `name@alias` points at in the registry.
-
-    Raises:
-        StartupError: the registry is unreachable or has no such alias.
-    """
-    from mlflow import MlflowClient
-
-    _registry_reachable(tracking_uri)
-    try:
-        return str(
-            MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-            .get_model_version_by_alias(name, alias)
-            .version
-        )
-    except Exception as e:
-        raise StartupError(f"cannot resolve models:/{name}@{alias} in {tracking_uri}: {e}") from e
-
-
-def _download(name: str, version: str, tracking_uri: str, dest: Path) -> None:
-    import mlflow
-
+def _download(registry: Registry, name: str, version: str, dest: Path) -> None:
+    """Download into a fresh partial folder and rename it into place, so the cache never holds half a model."""
     tmp = dest.with_name(dest.name + f".partial-{int(time.time())}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    mlflow.set_registry_uri(tracking_uri)
-    mlflow.artifacts.download_artifacts(
-        artifact_uri=f"models:/{name}/{version}", dst_path=str(tmp), tracking_uri=tracking_uri
-    )
+    registry.download(name, version, tmp)
     (tmp / _MARKER).write_text(json.dumps({"name": name, "version": version, "downloaded_at": time.time()}))
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)
@@ -102,9 +72,10 @@ def fetch(name: str, alias: str, settings: Settings) -> ServedModel:
     """
     root = settings.cache_root() / name
     pointer = root / f"alias-{alias}.json"
+    registry = Registry(settings.tracking_uri)
     try:
-        version = resolve_version(name, alias, settings.tracking_uri)
-    except StartupError as e:
+        version = registry.resolve(name, alias)
+    except RegistryError as e:
         cached = _cached_versions(root)
         last = json.loads(pointer.read_text())["version"] if pointer.exists() else None
         version_from_cache = last if last in cached else (cached[-1] if cached else None)
@@ -122,7 +93,10 @@ def fetch(name: str, alias: str, settings: Settings) -> ServedModel:
     dest = root / version
     if not (dest / _MARKER).exists():
         log.info("downloading %s version %s into %s", name, version, dest)
-        _download(name, version, settings.tracking_uri, dest)
+        try:
+            _download(registry, name, version, dest)
+        except RegistryError as e:
+            raise StartupError(f"cannot cache {name} version {version} into {dest}: {e}") from e
     else:
         log.info("%s version %s found in the cache %s", name, version, dest)
     pointer.write_text(json.dumps({"version": version}))
@@ -162,17 +136,23 @@ def open_index(settings: Settings, embedder: ServedModel) -> tuple[ActiveIndex, 
 
 
 def load_models(settings: Settings) -> LoadedModels:
-    """Resolve, cache, verify and load both models and the index (start-up only)."""
+    """Resolve, cache, verify and load both models and the index (start-up only), on `settings.device`.
+
+    Raises:
+        StartupError: a model cannot be resolved or cached, or the index does not match the embedder.
+    """
     emb_info = fetch(settings.embedder_name, settings.serving.embedder_alias, settings)
     chat_info = fetch(settings.chat_name, settings.serving.chat_alias, settings)
     index, collection = open_index(settings, emb_info)  # fail fast, before loading weights
-    embedder = load_embedder(emb_info.uri())
-    chat_model, tokenizer = load_chat(chat_info.uri())
+    device = pick_device(settings.device)
+    embedder = load_embedder(emb_info.path, device=device)
+    chat_model, tokenizer = load_chat(chat_info.path, device=device)
     log.info(
-        "loaded embedder=%s chat=%s index=%s (%d chunks)",
+        "loaded embedder=%s chat=%s index=%s (%d chunks) device=%s",
         emb_info.version,
         chat_info.version,
         index.collection,
         index.count,
+        device,
     )
     return LoadedModels(emb_info, chat_info, embedder, chat_model, tokenizer, index, collection)

@@ -71,3 +71,14 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copy(repo / "profiles" / "tiny.yaml", repo / "params.yaml")
     run(["dvc", "repro"], repo)
     return repo
+
+
+@pytest.fixture(scope="session")
+def base_dir(request: pytest.FixtureRequest) -> Path:
+    """The base models: this checkout's artifacts/base when the pipeline ran here, else the tiny pipeline copy's
+    (so a clean clone runs these tests too instead of skipping them)."""
+    from core import paths
+
+    if (paths.BASE_CHAT / "model.safetensors").exists() and (paths.BASE_EMBEDDER / "modules.json").exists():
+        return paths.BASE_CHAT.parent
+    return Path(request.getfixturevalue("pipeline")) / "artifacts" / "base"
