@@ -8,135 +8,52 @@ CPU). Decoding a left-padded batch through the model's ordinary forward keeps th
 and re-forming that batch at every step gives iteration-level scheduling: a request joins at the next
 step (after its own prefill) and leaves the step it finishes, without waiting for the others.
 
-One scheduler iteration, named as the steps:
-    admit       take waiting requests into free slots (FIFO; cancelled ones are dropped)
+One scheduler iteration, named as the steps (`generation/scheduler.py`):
+    admit       take waiting requests into free slots (FIFO; cancelled and expired ones are dropped)
     prefill     one left-padded forward over the admitted prompts -> their first tokens + KV cache,
-                then merge that cache into the running batch (left-pad the shorter side)
-    decode step one forward of every running row's last token, against the shared cache
-    emit        detokenize, apply stop strings / EOS / max_tokens, hand deltas to each request's queue
-    retire      drop finished, cancelled and timed-out rows from the cache; trim all-padding columns
+                merged into the running batch (left-pad the shorter side)
+    decode step one forward of every running row's newest token, against the shared cache
+    emit        detokenize incrementally, apply stop strings / EOS / max_tokens, hand deltas to each consumer
+    retire      drop finished, cancelled and timed-out rows from the batch; trim all-padding columns
 
-Out of memory in a step (prefill or decode), vLLM's recompute preemption: the batch's cache is dropped
-(it may be half-updated), the device cache freed, and every live request goes back to the front of the
-queue keeping what it has generated; the slot limit is halved, so the retry runs smaller batches, and
-re-admission prefills prompt + generated tokens, so a greedy answer is unchanged. A single request that
-still does not fit fails alone with 503. The limit grows back one slot per 64 decode steps without an
-error (`core.device.MemoryBackoff`).
+This module is the public face (`ChatEngine`: submit and its checks, load gauges, health, warmup,
+start/stop). The parts live in `serving/engines/generation/`, one concern each, each unit-tested alone
+(tests/code/test_chat_parts.py):
+    batch.py        `Batch`: KV cache, mask (B, L), next tokens (B, 1) and rows as one value; `merge`, `select`
+    forward.py      the two forwards on a `Batch` (`prefill`, `decode`) and `warm_up` through them
+    sampling.py     per-row chain of logits steps (temperature, top-p) with a seeded generator; batched argmax
+    detokenizer.py  incremental detokenizer (prefix/read offsets) holding back stop-string prefixes and U+FFFD
+    request.py      one request's state (`Request`: emit, timeouts) and the caller's `GenerationHandle`
+    waiting.py      the bounded FIFO between `submit` and admit, with the stop signal
+    scheduler.py    `Scheduler`: the loop above, owning the batch; OOM preemption (recompute), failed steps
+    health.py       unhealthy = the thread died, or `max_failed_steps` consecutive failed steps
 
-Shapes: cache keys/values per layer (B, kv_heads, L, head_dim); `mask` (B, L) with 1 for real tokens
-(left padding is 0); `next` (B, 1) holds each row's newest token, emitted but not yet in the cache.
-Position ids come from the mask (a row's position = its count of real tokens), so rows of different
-lengths share one cache without their padding shifting RoPE.
-
-The engine thread owns the batch; the asyncio side talks to it through a condition variable (admission)
-and per-request `asyncio.Queue`s fed with `call_soon_threadsafe`. A consumer that goes away (client
-disconnect -> `CancelledError` at its `await`) marks its request cancelled in a `finally`, and the next
-iteration frees the slot.
+Health: unhealthy once the scheduler thread exits other than by `stop()`, or after `max_failed_steps`
+consecutive steps failed with an error other than out-of-memory; `submit` then refuses work with
+`Overloaded`. `observer.load` hears the running/waiting counts whenever they change.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import threading
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-import torch
-import torch.nn.functional as F
-from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from core.device import MemoryBackoff, free_memory, is_oom
-from core.errors import ContextLengthExceeded, InvalidRequest, Overloaded, QueueFull, RequestTimeout, ServingError
-from core.log import get_logger
-from serving.engines.types import Completion, EngineObserver, FinishReason, SamplingParams, TokenDelta
+from core.device import MemoryBackoff
+from core.errors import Overloaded
+from serving.engines.generation.forward import warm_up
+from serving.engines.generation.health import StepHealth
+from serving.engines.generation.request import GenerationHandle, Request, check_fits
+from serving.engines.generation.sampling import GREEDY, RowSampler, sample
+from serving.engines.generation.scheduler import Scheduler
+from serving.engines.generation.waiting import WaitingQueue
+from serving.engines.types import EngineHealth, EngineObserver, SamplingParams
 
-log = get_logger(__name__)
-_ids = itertools.count()
-
-
-class _Seq:
-    """One request's state inside the engine (owned by the scheduler thread once admitted)."""
-
-    def __init__(self, prompt: list[int], params: SamplingParams, loop: asyncio.AbstractEventLoop, deadline: float):
-        self.id = next(_ids)
-        self.prompt = prompt
-        self.params = params
-        self.loop = loop
-        self.queue: asyncio.Queue[TokenDelta | BaseException] = asyncio.Queue()
-        self.deadline = deadline
-        self.enqueued_at = time.monotonic()
-        self.admitted_at: float | None = None
-        self.last_emit_at: float | None = None
-        self.generated: list[int] = []
-        self.sent = 0  # characters of the decoded answer already handed out
-        self.cancelled = False
-        self.done = False
-        self.generator = torch.Generator().manual_seed(params.seed) if params.seed is not None else None
-
-    def deliver(self, item: TokenDelta | BaseException) -> None:
-        try:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
-        except RuntimeError:  # the request's event loop is gone: nobody is listening
-            self.cancelled = True
-
-
-class GenerationHandle:
-    """What `ChatEngine.submit` returns: stream the deltas, or await the whole completion."""
-
-    def __init__(self, engine: ChatEngine, seq: _Seq):
-        self._engine = engine
-        self._seq = seq
-        self.prompt_tokens = len(seq.prompt)
-
-    async def stream(self) -> AsyncIterator[TokenDelta]:
-        """Yield deltas until the one with a `finish_reason`.
-
-        Raises:
-            RequestTimeout: the request's deadline passed (queued or generating); its slot is freed.
-            Overloaded: the engine failed the batch (e.g. out of memory).
-        """
-        seq = self._seq
-        try:
-            while True:
-                remaining = seq.deadline - time.monotonic()
-                try:
-                    if remaining <= 0:
-                        raise TimeoutError
-                    item = await asyncio.wait_for(seq.queue.get(), remaining)
-                except TimeoutError:
-                    raise RequestTimeout(
-                        f"generation did not finish within the {self._engine.timeout_s:g}s request timeout"
-                    ) from None
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-                if item.finish_reason is not None:
-                    return
-        finally:
-            # Also reached on CancelledError (client gone) and GeneratorExit: free the slot, never swallow.
-            self._engine._cancel(seq)
-
-    @property
-    def queue_ms(self) -> float | None:
-        """Time spent waiting for a slot (None while still waiting)."""
-        s = self._seq
-        return None if s.admitted_at is None else round((s.admitted_at - s.enqueued_at) * 1000, 1)
-
-    def cancel(self) -> None:
-        """Free the slot (idempotent; a no-op once the generation has finished)."""
-        self._engine._cancel(self._seq)
-
-    async def result(self) -> Completion:
-        parts: list[str] = []
-        last: TokenDelta | None = None
-        async for delta in self.stream():
-            parts.append(delta.text)
-            last = delta
-        assert last is not None and last.finish_reason is not None
-        return Completion("".join(parts), last.finish_reason, last.prompt_tokens, last.completion_tokens)
+__all__ = ["ChatEngine", "GenerationHandle"]
 
 
 class ChatEngine:
@@ -155,53 +72,41 @@ class ChatEngine:
         timeout_s: float = 120.0,
         retry_after_s: int = 1,
         observer: EngineObserver | None = None,
+        max_failed_steps: int = 8,
     ) -> None:
-        self.model = model
-        self.tokenizer = tokenizer
-        self.max_batch_size = max_batch_size
-        self.max_queue = max_queue
+        self.model, self.tokenizer = model, tokenizer
+        self.max_batch_size, self.max_queue = max_batch_size, max_queue
         self.window = min(max_context_tokens, int(getattr(model.config, "max_position_embeddings", 2048)))
-        self.timeout_s = timeout_s
-        self.retry_after_s = retry_after_s
+        self.timeout_s, self.retry_after_s = timeout_s, retry_after_s
         self.observer = observer or EngineObserver()
         self.backoff = MemoryBackoff(max_batch_size)  # running-slot limit: halved on out-of-memory
         self.device = next(model.parameters()).device
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.eos_ids = self._eos_ids()
-
-        self._cv = threading.Condition()
-        self._waiting: deque[_Seq] = deque()
-        self._stopping = False
+        self.eos_ids = _eos_ids(model, tokenizer)
+        self._health = StepHealth(max_failed_steps)
+        self._waiting = WaitingQueue(max_queue, on_change=self._report_load)
+        self._scheduler = Scheduler(
+            model, self._waiting, name=self.name, pad_id=self.pad_id, eos_ids=self.eos_ids, window=self.window,
+            timeout_s=timeout_s, retry_after_s=retry_after_s, backoff=self.backoff, health=self._health,
+            observer=self.observer, report_load=self._report_load,
+        )  # fmt: skip
         self._thread: threading.Thread | None = None
-        self.healthy = True
-        # the running batch (scheduler thread only)
-        self._rows: list[_Seq] = []
-        self._admitting = 0  # requests being prefilled (counted as busy slots by the queue bound)
-        self._cache: DynamicCache | None = None
-        self._mask: torch.Tensor | None = None  # (B, L) long
-        self._next: torch.Tensor | None = None  # (B, 1) long
-
-    def _eos_ids(self) -> set[int]:
-        ids: set[int] = set()
-        gen_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
-        for v in (gen_eos, self.tokenizer.eos_token_id):
-            if isinstance(v, int):
-                ids.add(v)
-            elif isinstance(v, Sequence):
-                ids.update(int(x) for x in v)
-        return ids
+        self._load_lock = threading.Lock()
+        self._reported: tuple[int, int] | None = None
 
     # ---- public API (event-loop side) ------------------------------------------------------------
 
     def start(self) -> None:
+        """Start the scheduler thread (idempotent)."""
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="chat-engine", daemon=True)
+            self._waiting.reopen()
+            self._health.reset()
+            self._thread = threading.Thread(target=self._scheduler.run, name="chat-engine", daemon=True)
             self._thread.start()
 
     def stop(self) -> None:
-        with self._cv:
-            self._stopping = True
-            self._cv.notify_all()
+        """Stop the scheduler; requests still queued or running fail with `Overloaded`."""
+        self._waiting.stop()
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
@@ -220,31 +125,20 @@ class ChatEngine:
         Raises:
             InvalidRequest / ContextLengthExceeded: empty prompt, or prompt + max_tokens over the window.
             QueueFull: the queue is at its bound.
-            Overloaded: the engine is stopped or unhealthy.
+            Overloaded: the engine is not running, or unhealthy (the message says why).
         """
-        if not prompt:
-            raise InvalidRequest("the prompt is empty", param="messages")
-        if len(prompt) + params.max_tokens > self.window:
-            raise ContextLengthExceeded(
-                f"this model's context window is {self.window} tokens; the messages take {len(prompt)} and "
-                f"max_tokens asks for {params.max_tokens} ({len(prompt) + params.max_tokens} in all): shorten the "
-                f"messages or lower max_tokens",
-                param="messages" if len(prompt) >= self.window else "max_tokens",
-            )
-        if self._thread is None or not self.healthy:
-            raise Overloaded("the chat engine is not running", retry_after_s=self.retry_after_s)
-        seq = _Seq(prompt, params, asyncio.get_running_loop(), time.monotonic() + self.timeout_s)
-        with self._cv:
-            free_slots = max(self.limit - len(self._rows) - self._admitting, 0)
-            if len(self._waiting) >= self.max_queue + free_slots:
-                raise QueueFull(
-                    f"the chat queue is full ({len(self._waiting)} requests waiting); retry after "
-                    f"{self.retry_after_s}s",
-                    retry_after_s=self.retry_after_s,
-                )
-            self._waiting.append(seq)
-            self._cv.notify()
-        return GenerationHandle(self, seq)
+        check_fits(prompt, params, self.window)
+        health = self.health()
+        if self._thread is None or not health.healthy:
+            why = health.reason or "it is not running"
+            raise Overloaded(f"the chat engine cannot take requests: {why}", retry_after_s=self.retry_after_s)
+        req = Request(
+            prompt, params, tokenizer=self.tokenizer, sampler=RowSampler.from_params(params, self.device),
+            loop=asyncio.get_running_loop(), deadline=time.monotonic() + self.timeout_s,
+        )  # fmt: skip
+        free_slots = max(self.limit - self._running(), 0)
+        self._waiting.put(req, free_slots=free_slots, retry_after_s=self.retry_after_s)
+        return GenerationHandle(req, self._cancel, self.timeout_s)
 
     @property
     def limit(self) -> int:
@@ -252,262 +146,43 @@ class ChatEngine:
         return self.backoff.value
 
     def load(self) -> dict[str, int]:
-        """Running and waiting request counts (for logs and tests)."""
-        return {"running": len(self._rows), "waiting": len(self._waiting), "limit": self.limit}
+        """Running (incl. being prefilled) and waiting request counts, and the slot limit."""
+        return {"running": self._running(), "waiting": len(self._waiting), "limit": self.limit}
+
+    def health(self) -> EngineHealth:
+        """Unhealthy once the scheduler thread died, or after `max_failed_steps` consecutive failed steps."""
+        thread = self._thread
+        return self._health.check(thread is not None and not thread.is_alive() and not self._waiting.stopping)
 
     def warmup(self) -> None:
-        """One short generation so the first request does not pay for lazy initialisation."""
-        enc = self.tokenizer("Hello", return_tensors="pt").to(self.device)
-        with torch.inference_mode():
-            self.model.generate(**enc, max_new_tokens=4, do_sample=False, pad_token_id=self.pad_id)  # type: ignore[operator]
+        """Run the scheduler's own prefill, merge, decode and select once; works before `start()`."""
+        prompts = [self.encode_messages([{"role": "user", "content": c}]) for c in ("Hi", "Say hello in French.")]
+        warm_up(self.model, prompts, self.pad_id, lambda logits, rows: sample(logits, [GREEDY] * len(rows)))
 
-    def _cancel(self, seq: _Seq) -> None:
-        if not seq.done:
-            seq.cancelled = True
-            with self._cv:
-                self._cv.notify()
+    def _cancel(self, req: Request) -> None:
+        if not req.done:
+            req.cancelled = True  # a running row is retired at the next iteration
+            if self._waiting.remove(req):  # a waiting one leaves the queue now
+                req.done = True
 
-    # ---- scheduler thread ------------------------------------------------------------------------
+    def _running(self) -> int:
+        return self._scheduler.running
 
-    def _run(self) -> None:
-        while True:
-            with self._cv:
-                while not self._stopping and not self._waiting and not self._rows:
-                    self._cv.wait()
-                if self._stopping:
-                    break
-                admitted = self._admit()
-                self._admitting = len(admitted)  # taken from the queue, not yet in the batch: slots in use
-            try:
-                self._retire([s for s in self._rows if s.cancelled or self._expired(s)])
-                if admitted:
-                    try:
-                        self._prefill(admitted)
-                    finally:
-                        self._admitting = 0
-                if self._rows:
-                    self._decode_step()
-            except Exception as e:  # keep the worker alive; fail only the batch in flight
-                if is_oom(e):
-                    self._preempt_on_oom(admitted)
-                else:
-                    self._fail_batch(e, admitted)
-        self._fail_batch(Overloaded("the chat engine stopped"), list(self._waiting))
-
-    def _admit(self) -> list[_Seq]:
-        admitted: list[_Seq] = []
-        now = time.monotonic()
-        while self._waiting and len(self._rows) + len(admitted) < self.limit:
-            seq = self._waiting.popleft()
-            if seq.cancelled:
-                continue
-            if self._expired(seq):
-                seq.done = True
-                seq.deliver(RequestTimeout(f"the request waited past its {self.timeout_s:g}s timeout in the queue"))
-                continue
-            if seq.admitted_at is None:  # a preempted request re-enters without counting its queue time twice
-                seq.admitted_at = now
-                self.observer.queue_time(self.name, now - seq.enqueued_at)
-            admitted.append(seq)
-        return admitted
-
-    def _expired(self, seq: _Seq) -> bool:
-        if time.monotonic() > seq.deadline:
-            seq.deliver(RequestTimeout(f"generation did not finish within the {self.timeout_s:g}s request timeout"))
-            return True
-        return False
-
-    @torch.inference_mode()
-    def _prefill(self, group: list[_Seq]) -> None:
-        inputs = [s.prompt + s.generated for s in group]  # a preempted request resumes where it stopped
-        longest = max(len(x) for x in inputs)
-        ids = torch.full((len(group), longest), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(group), longest), dtype=torch.long)
-        for i, x in enumerate(inputs):  # left padding: the newest token of every row is in the last column
-            ids[i, longest - len(x) :] = torch.tensor(x)
-            mask[i, longest - len(x) :] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        cache = DynamicCache(config=self.model.config)
-        out = self.model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-            cache=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        tokens = self._sample(out.logits[:, -1, :], group)  # (g,)
-        self._merge(cache, mask, group, tokens)
-        self._retire(self._emit(group, tokens))
-
-    def _merge(self, cache: DynamicCache, mask: torch.Tensor, group: list[_Seq], tokens: torch.Tensor) -> None:
-        if self._cache is None or self._mask is None or self._next is None:
-            self._cache, self._mask, self._rows, self._next = cache, mask, list(group), tokens.view(-1, 1)
-            return
-        length = max(self._mask.shape[1], mask.shape[1])
-        pad_run, pad_new = length - self._mask.shape[1], length - mask.shape[1]
-        run_layers: list[Any] = list(self._cache.layers)  # DynamicLayer: .keys/.values (B, H, L, D)
-        new_layers: list[Any] = list(cache.layers)
-        for run_layer, new_layer in zip(run_layers, new_layers, strict=True):
-            run_layer.keys = torch.cat([_lpad(run_layer.keys, pad_run), _lpad(new_layer.keys, pad_new)], dim=0)
-            run_layer.values = torch.cat([_lpad(run_layer.values, pad_run), _lpad(new_layer.values, pad_new)], dim=0)
-        self._mask = torch.cat([F.pad(self._mask, (pad_run, 0)), F.pad(mask, (pad_new, 0))], dim=0)
-        self._next = torch.cat([self._next, tokens.view(-1, 1)], dim=0)
-        self._rows.extend(group)
-
-    @torch.inference_mode()
-    def _decode_step(self) -> None:
-        assert self._cache is not None and self._mask is not None and self._next is not None
-        rows = len(self._rows)
-        mask = torch.cat([self._mask, self._mask.new_ones((rows, 1))], dim=1)
-        out = self.model(
-            input_ids=self._next,
-            attention_mask=mask,
-            position_ids=self._mask.sum(-1, keepdim=True),  # (B, 1): each row's count of real tokens so far
-            cache=self._cache,  # transformers 5.24 name (was past_key_values); the mask offset comes from its length
-            use_cache=True,
-        )
-        self._mask = mask
-        tokens = self._sample(out.logits[:, -1, :], self._rows)
-        self._next = tokens.view(-1, 1)
-        self.observer.batch_size(self.name, rows)
-        self.backoff.succeeded()
-        self._retire(self._emit(self._rows, tokens))
-
-    def _sample(self, logits: torch.Tensor, rows: list[_Seq]) -> torch.Tensor:
-        """(B, vocab) logits -> (B,) token ids: greedy where temperature is 0, else top-p sampling per row."""
-        tokens = logits.argmax(-1)
-        for i, s in enumerate(rows):
-            p = s.params
-            if p.temperature <= 0:
-                continue
-            probs = torch.softmax(logits[i].float() / p.temperature, dim=-1)
-            if p.top_p < 1.0:
-                sorted_p, order = probs.sort(descending=True)
-                sorted_p[(sorted_p.cumsum(0) - sorted_p) >= p.top_p] = 0.0  # keep the smallest set reaching top_p
-                probs = torch.zeros_like(probs).scatter_(0, order, sorted_p)
-            tokens[i] = torch.multinomial(probs, 1, generator=s.generator)[0]
-        return tokens
-
-    def _emit(self, rows: list[_Seq], tokens: torch.Tensor) -> list[_Seq]:
-        """Hand each row's new text to its consumer; return the rows that finished."""
-        finished: list[_Seq] = []
-        now = time.monotonic()
-        for s, tok in zip(rows, tokens.tolist(), strict=True):
-            if s.cancelled:
-                finished.append(s)
-                continue
-            reason: FinishReason | None = None
-            if tok in self.eos_ids:
-                reason = "stop"
-            else:
-                s.generated.append(tok)
-            text = str(self.tokenizer.decode(s.generated, skip_special_tokens=True))
-            end, stop_hit = self._safe_end(s, text)
-            if stop_hit:
-                reason = "stop"
-            elif reason is None and (
-                len(s.generated) >= s.params.max_tokens or len(s.prompt) + len(s.generated) >= self.window
-            ):
-                reason = "length"
-            if reason is not None and not stop_hit:
-                end = len(text)  # final: flush what was held back
-            delta = text[s.sent : end] if end > s.sent else ""
-            s.sent = max(s.sent, end)
-            if s.last_emit_at is None:
-                self.observer.first_token(now - s.enqueued_at)
-            else:
-                self.observer.inter_token(now - s.last_emit_at)
-            s.last_emit_at = now
-            s.deliver(TokenDelta(delta, len(s.generated), len(s.prompt), reason))
-            if reason is not None:
-                s.done = True
-                self.observer.tokens(len(s.prompt), len(s.generated))
-                finished.append(s)
-        return finished
-
-    @staticmethod
-    def _safe_end(s: _Seq, text: str) -> tuple[int, bool]:
-        """How much of `text` may be sent now, and whether a stop string ended it.
-
-        Text that could be the start of a stop string, or an incomplete UTF-8 character (decoded as
-        U+FFFD), is held back until the next token settles it.
-        """
-        end = len(text.rstrip("\ufffd"))
-        stops = s.params.stop
-        if not stops:
-            return end, False
-        longest = max(len(x) for x in stops)
-        start = max(0, s.sent - longest)
-        hits = [i for i in (text.find(x, start) for x in stops) if i >= 0]
-        if hits:
-            return min(hits), True
-        return min(end, len(text) - (longest - 1)), False
-
-    def _retire(self, done: list[_Seq]) -> None:
-        if not done or self._cache is None or self._mask is None or self._next is None:
-            return
-        gone = {s.id for s in done}
-        for s in done:
-            s.done = True
-        keep = [i for i, s in enumerate(self._rows) if s.id not in gone]
-        if not keep:
-            self._rows, self._cache, self._mask, self._next = [], None, None, None
-            return
-        idx = torch.tensor(keep, device=self.device)
-        mask = self._mask.index_select(0, idx)
-        first = int(mask.any(0).int().argmax())  # leading columns that are padding in every remaining row
-        layers: list[Any] = list(self._cache.layers)
-        for layer in layers:
-            layer.keys = layer.keys.index_select(0, idx)[:, :, first:, :]
-            layer.values = layer.values.index_select(0, idx)[:, :, first:, :]
-        self._mask = mask[:, first:]
-        self._next = self._next.index_select(0, idx)
-        self._rows = [self._rows[i] for i in keep]
-
-    def _preempt_on_oom(self, admitted: list[_Seq]) -> None:
-        """Out of memory in a step: drop the batch's cache and requeue its requests under a halved limit."""
-        everyone = {id(s): s for s in [*self._rows, *admitted]}.values()
-        live = [s for s in everyone if not s.done and not s.cancelled]
-        for s in everyone:
-            s.done = s.done or s.cancelled
-        self._rows, self._cache, self._mask, self._next = [], None, None, None
-        free_memory(self.device)
-        if len(live) <= 1:
-            for s in live:
-                s.done = True
-                s.deliver(
-                    Overloaded(
-                        f"out of memory generating this request alone ({len(s.prompt) + len(s.generated)} tokens "
-                        f"in context); retry later, or shorten the messages or lower max_tokens",
-                        retry_after_s=self.retry_after_s,
-                    )
-                )
-            return
-        log.warning(
-            "out of memory with %d requests in the batch; requeued them, running at most %d at once",
-            len(live),
-            self.backoff.shrink(len(live)),
-        )
-        with self._cv:
-            self._waiting.extendleft(reversed(live))  # ahead of newer requests, in their original order
-
-    def _fail_batch(self, exc: BaseException, admitted: list[_Seq]) -> None:
-        err: ServingError
-        if isinstance(exc, ServingError):
-            err = exc
-        else:
-            log.exception("chat engine step failed; failing the batch in flight", exc_info=exc)
-            err = Overloaded("generation failed on the server; retry", retry_after_s=self.retry_after_s)
-        for s in {id(s): s for s in [*self._rows, *admitted]}.values():
-            if not s.done:
-                s.done = True
-                s.deliver(err)
-        self._rows, self._cache, self._mask, self._next = [], None, None, None
+    def _report_load(self) -> None:
+        with self._load_lock:
+            counts = (self._running(), len(self._waiting))
+            if counts != self._reported:
+                self._reported = counts
+                self.observer.load(self.name, *counts)
 
 
-def _lpad(t: torch.Tensor, n: int) -> torch.Tensor:
-    """Left-pad a (B, H, L, D) cache tensor with n zero positions along L."""
-    if n == 0:
-        return t
-    return torch.cat([t.new_zeros((*t.shape[:-2], n, t.shape[-1])), t], dim=-2)
+def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[int]:
+    """Token ids that end a generation: the generation config's and the tokenizer's EOS."""
+    ids: set[int] = set()
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for v in (gen_eos, tokenizer.eos_token_id):
+        if isinstance(v, int):
+            ids.add(v)
+        elif isinstance(v, Sequence):
+            ids.update(int(x) for x in v)
+    return ids
