@@ -3,27 +3,28 @@
 Thin shell: the OpenAI-compatible routes are FastAPI routes mounted with `bentoml.asgi_app` (the
 BentoVLLM approach), because `@bentoml.api` routes are POST-only (no GET /v1/models) and answer
 schema errors with BentoML's own body rather than OpenAI's `{"error": {...}}`. Each route validates
-(pydantic, via FastAPI), calls one `serving.api.OpenAIHandlers` method and returns its response;
-errors are translated once in `serving.http`. The routes are module functions (see `api()`). BentoML
-still provides /livez, /readyz (our `__is_ready__`: models loaded and warmed) and /metrics (our
-histograms and counters included).
+(pydantic, via FastAPI), calls one handler method (serving/handlers/) and hands the result to
+`serving.http.respond`; errors are translated once in `serving.http`. The routes are module functions
+(see `handlers()`). BentoML still provides /livez (our `__is_alive__`: false once an engine is unhealthy,
+so an orchestrator restarts the process), /readyz (our `__is_ready__`: models loaded and warmed, engines
+healthy) and /metrics (our histograms, counters and gauges included); /v1/status says why.
 
-Layers: routes (this file, serving/http.py, serving/api.py) -> services (serving/engines/, assembled
-in serving/platform.py) -> models (serving/registry.py: alias -> version -> cached files -> loaded).
+Layers: routes (this file, serving/http.py) -> handlers (serving/handlers/, one module per endpoint
+family) -> services (serving/engines/, assembled in serving/platform.py) -> models (serving/registry.py:
+alias -> version -> cached files -> loaded).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 
 import bentoml
 import torch
 from fastapi import Request
 from fastapi.responses import Response
 
-from serving.api import OpenAIHandlers, json_response
-from serving.http import cancel_on_disconnect, create_app
+from serving.handlers import Handlers
+from serving.http import cancel_on_disconnect, create_app, respond
 from serving.metrics import PrometheusObserver, record_request
 from serving.platform import Platform
 from serving.registry import load_models
@@ -52,48 +53,54 @@ class ModelPlatform:
     def __init__(self) -> None:
         # BentoML leaves the root logger at WARNING; our per-request and start-up lines are INFO.
         for name in ("serving", "core"):
-            logging.getLogger(name).setLevel(os.environ.get("LOG_LEVEL", "INFO"))
+            logging.getLogger(name).setLevel(SETTINGS.log_level)
         if SETTINGS.serving.torch_threads:
             torch.set_num_threads(SETTINGS.serving.torch_threads)
         self.platform = Platform.build(load_models(SETTINGS), SETTINGS, observer=PrometheusObserver())
         self.platform.start()
-        self.api = OpenAIHandlers(self.platform, SETTINGS)
+        self.handlers = Handlers.build(self.platform, SETTINGS)
 
     def __is_ready__(self) -> bool:
         return self.platform.is_ready()
+
+    def __is_alive__(self) -> bool:
+        return self.platform.is_alive()
 
 
 # The routes are module functions, not methods of the class: BentoML injects `self` into FastAPI class
 # views through a sync dependency, which FastAPI runs in its thread pool, a thread hop on every request
 # (seen with py-spy under 64 embedding clients: ~40 pool threads and their GIL traffic).
-def api() -> OpenAIHandlers:
+def handlers() -> Handlers:
     """The running service's handlers."""
-    handlers: OpenAIHandlers = bentoml.get_current_service().api
-    return handlers
+    found: Handlers = bentoml.get_current_service().handlers
+    return found
 
 
 @app.get("/models", response_model=None)
 async def models() -> Response:
-    return json_response(api().models())
+    return respond(handlers().models.list())
+
+
+@app.get("/status", response_model=None)
+async def status() -> Response:
+    return respond(handlers().models.status())
 
 
 @app.post("/chat/completions", response_model=None)
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
-    out = await cancel_on_disconnect(request, api().chat(body, request.state.log))
-    return out if isinstance(out, Response) else json_response(out)
+    return respond(await cancel_on_disconnect(request, handlers().chat.completions(body, request.state.record)))
 
 
 @app.post("/embeddings", response_model=None)
 async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
-    return json_response(await api().embeddings(body, request.state.log))
+    return respond(await handlers().embeddings.create(body, request.state.record))
 
 
 @app.post("/search", response_model=None)
 async def search(body: SearchRequest, request: Request) -> Response:
-    return json_response(await api().search(body, request.state.log))
+    return respond(await handlers().retrieval.search(body, request.state.record))
 
 
 @app.post("/rag", response_model=None)
 async def rag(body: RagRequest, request: Request) -> Response:
-    out = await cancel_on_disconnect(request, api().rag(body, request.state.log))
-    return out if isinstance(out, Response) else json_response(out)
+    return respond(await cancel_on_disconnect(request, handlers().retrieval.rag(body, request.state.record)))

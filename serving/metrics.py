@@ -43,6 +43,20 @@ BATCH = bentoml.metrics.Histogram(
     labelnames=["engine"],
     buckets=(1, 2, 4, 8, 16, 32, 64, 128),
 )
+# Gauges for tests and autoscalers (KEDA / HPA on custom metrics): how much work each engine holds now.
+# livesum: BentoML collects metrics across worker processes; a dead worker's last value must not linger.
+RUNNING = bentoml.metrics.Gauge(
+    name="modelplatform_running",
+    documentation="Requests (chat) or texts (embedder) in the batch being computed now",
+    labelnames=["engine"],
+    multiprocess_mode="livesum",
+)
+WAITING = bentoml.metrics.Gauge(
+    name="modelplatform_waiting",
+    documentation="Requests (chat) or texts (embedder) queued for a batch",
+    labelnames=["engine"],
+    multiprocess_mode="livesum",
+)
 PROMPT_TOKENS = bentoml.metrics.Counter(name="modelplatform_prompt_tokens_total", documentation="Chat prompt tokens")
 COMPLETION_TOKENS = bentoml.metrics.Counter(
     name="modelplatform_completion_tokens_total", documentation="Chat generated tokens"
@@ -50,6 +64,10 @@ COMPLETION_TOKENS = bentoml.metrics.Counter(
 
 
 class PrometheusObserver(EngineObserver):
+    def load(self, engine: str, running: int, waiting: int) -> None:
+        RUNNING.labels(engine=engine).set(running)
+        WAITING.labels(engine=engine).set(waiting)
+
     def queue_time(self, engine: str, seconds: float) -> None:
         QUEUE.labels(engine=engine).observe(seconds)
 

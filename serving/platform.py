@@ -10,6 +10,7 @@ from serving.engines.embedder import EmbedderEngine
 from serving.engines.rag import RagService
 from serving.engines.retriever import Retriever
 from serving.engines.types import EngineObserver
+from serving.faults import StepDelay
 from serving.registry import LoadedModels, ServedModel
 from serving.settings import Settings
 
@@ -24,6 +25,7 @@ class Platform:
     rag: RagService
     embedder_info: ServedModel
     chat_info: ServedModel
+    index_name: str
     ready: bool = False
 
     @classmethod
@@ -50,7 +52,9 @@ class Platform:
         )
         retriever = Retriever(embedder, models.collection, max_top_k=s.max_top_k)
         rag = RagService(retriever, chat, default_top_k=s.rag_top_k)
-        return cls(embedder, chat, retriever, rag, models.embedder_info, models.chat_info)
+        if settings.debug_step_delay_ms > 0:  # test-only: a deterministically slow model (serving/faults.py)
+            StepDelay(models.chat_model, settings.debug_step_delay_ms / 1000)  # type: ignore[arg-type]
+        return cls(embedder, chat, retriever, rag, models.embedder_info, models.chat_info, models.index.collection)
 
     def start(self) -> None:
         """Warm both models, then start the chat scheduler; ready only after both."""
@@ -60,8 +64,23 @@ class Platform:
         self.ready = True
         log.info("serving ready: embedder=%s chat=%s", self.embedder_info.version, self.chat_info.version)
 
+    def readiness(self) -> tuple[bool, str | None]:
+        """Ready once both models are loaded and warmed and while every engine is healthy; else why not."""
+        if not self.ready:
+            return False, "loading and warming the models"
+        for name, engine in (("chat", self.chat), ("embedder", self.embedder)):
+            health = engine.health()
+            if not health.healthy:
+                return False, f"{name} engine unhealthy: {health.reason}"
+        return True, None
+
     def is_ready(self) -> bool:
-        return self.ready and self.chat.healthy
+        return self.readiness()[0]
+
+    def is_alive(self) -> bool:
+        """False once an engine is unhealthy: it does not recover by itself, so an orchestrator should
+        restart the process (BentoML's /livez), not only stop routing to it (/readyz)."""
+        return all(engine.health().healthy for engine in (self.chat, self.embedder))
 
     def stop(self) -> None:
         self.ready = False

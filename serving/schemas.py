@@ -10,12 +10,39 @@ from __future__ import annotations
 import base64
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from core.config import ServingParams
+from core.errors import InvalidRequest
 from serving.engines.types import Completion, SamplingParams, SearchHit
+
+
+@dataclass(frozen=True)
+class SamplingLimits:
+    """The server's bounds on what a request may ask for, applied by the requests' `to_sampling`."""
+
+    default_max_tokens: int
+    max_tokens: int
+
+    @classmethod
+    def of(cls, serving: ServingParams) -> SamplingLimits:
+        return cls(default_max_tokens=serving.chat_default_max_tokens, max_tokens=serving.chat_max_tokens)
+
+    def max_new_tokens(self, requested: int | None) -> int:
+        """The tokens to generate: the request's number, else the default.
+
+        Raises:
+            InvalidRequest: the request asks for more than this server allows.
+        """
+        if requested is not None and requested > self.max_tokens:
+            raise InvalidRequest(
+                f"max_tokens is {requested}; this server allows at most {self.max_tokens}", param="max_tokens"
+            )
+        return requested if requested is not None else self.default_max_tokens
 
 
 class _Request(BaseModel):
@@ -89,9 +116,14 @@ class ChatCompletionRequest(_Request):
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
-    def to_sampling(self, default_max_tokens: int) -> SamplingParams:
+    def to_sampling(self, limits: SamplingLimits) -> SamplingParams:
+        """The engine's sampling parameters, within the server's limits.
+
+        Raises:
+            InvalidRequest: max_tokens (or max_completion_tokens) over the server's cap.
+        """
         return SamplingParams(
-            max_tokens=self.requested_max_tokens() or default_max_tokens,
+            max_tokens=limits.max_new_tokens(self.requested_max_tokens()),
             temperature=self.temperature,
             top_p=self.top_p,
             stop=tuple(self.stop or ()),  # type: ignore[arg-type]
@@ -282,8 +314,13 @@ class RagRequest(_Request):
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
     stream: bool = False
 
-    def to_sampling(self, default_max_tokens: int) -> SamplingParams:
-        return SamplingParams(max_tokens=self.max_tokens or default_max_tokens, temperature=self.temperature)
+    def to_sampling(self, limits: SamplingLimits) -> SamplingParams:
+        """The engine's sampling parameters, within the server's limits.
+
+        Raises:
+            InvalidRequest: max_tokens over the server's cap.
+        """
+        return SamplingParams(max_tokens=limits.max_new_tokens(self.max_tokens), temperature=self.temperature)
 
 
 class RagResponse(BaseModel):
@@ -292,6 +329,42 @@ class RagResponse(BaseModel):
     usage: Usage
     finish_reason: Literal["stop", "length"]
     model: str
+
+
+# ---- status ----------------------------------------------------------------------------------------
+
+
+class EngineStatus(BaseModel):
+    healthy: bool
+    reason: str | None = None
+    """Why the engine is unhealthy (None when healthy)."""
+    running: int
+    """Requests (chat) or texts (embedder) in the batch now."""
+    waiting: int
+    limit: int
+    """Batch size allowed now (lower than configured after an out-of-memory backoff)."""
+
+
+class ServedVersion(BaseModel):
+    name: str
+    alias: str
+    version: str
+    from_cache_only: bool
+    """True when the registry was unreachable at start-up and the local cache supplied the version."""
+
+    @classmethod
+    def of(cls, info: Any) -> ServedVersion:
+        return cls(name=info.name, alias=info.alias, version=info.version, from_cache_only=info.from_cache_only)
+
+
+class StatusResponse(BaseModel):
+    ready: bool
+    reason: str | None = None
+    """Why the server is not ready (None when ready)."""
+    engines: dict[str, EngineStatus]
+    models: dict[str, ServedVersion]
+    index: str
+    """The Chroma collection queries run against."""
 
 
 def new_id(prefix: str) -> str:

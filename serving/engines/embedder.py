@@ -46,7 +46,7 @@ from sentence_transformers import SentenceTransformer
 from core.device import MemoryBackoff, free_memory, is_oom
 from core.errors import ContextLengthExceeded, InvalidRequest, Overloaded, PayloadTooLarge, QueueFull
 from core.log import get_logger
-from serving.engines.types import EngineObserver
+from serving.engines.types import EngineHealth, EngineObserver
 
 log = get_logger(__name__)
 
@@ -87,6 +87,7 @@ class EmbedderEngine:
         self.dimension = int(model.get_embedding_dimension() or 0)
         self._queue: asyncio.Queue[_Item] | None = None
         self._worker: asyncio.Task[None] | None = None
+        self._running = 0  # texts in the forward pass now
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedder")  # one forward at a time
 
     def count_tokens(self, texts: list[str]) -> list[int]:
@@ -171,6 +172,22 @@ class EmbedderEngine:
     def warmup(self) -> None:
         self.embed_sync(["warm up"])
 
+    def load(self) -> dict[str, int]:
+        """Texts in the forward pass now, texts queued, and the current cap on a pass."""
+        waiting = self._queue.qsize() if self._queue is not None else 0
+        return {"running": self._running, "waiting": waiting, "limit": self.backoff.value}
+
+    def health(self) -> EngineHealth:
+        """Unhealthy only if the batching loop died (it catches a failed batch and lives on)."""
+        w = self._worker
+        if w is not None and w.done() and not w.cancelled() and w.exception() is not None:
+            return EngineHealth(False, f"the embedding batch loop stopped: {w.exception()!r}")
+        return EngineHealth(True)
+
+    def _report_load(self) -> None:
+        load = self.load()
+        self.observer.load(self.name, load["running"], load["waiting"])
+
     def _ensure_worker(self) -> asyncio.Queue[_Item]:
         if self._queue is None or self._worker is None or self._worker.done():
             self._queue = asyncio.Queue()
@@ -203,6 +220,8 @@ class EmbedderEngine:
             for it in batch:
                 self.observer.queue_time(self.name, now - it.enqueued_at)
             self.observer.batch_size(self.name, len(batch))
+            self._running = len(batch)
+            self._report_load()
             try:
                 vectors = await loop.run_in_executor(self._pool, self.embed_fitting, [it.text for it in batch])
             except Exception as e:  # the loop lives on; only this batch fails
@@ -210,6 +229,9 @@ class EmbedderEngine:
                     if not it.future.done():
                         it.future.set_exception(e)
                 continue
+            finally:
+                self._running = 0
+                self._report_load()
             for it, v in zip(batch, vectors, strict=True):
                 if not it.future.done():
                     it.future.set_result(v)

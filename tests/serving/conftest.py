@@ -23,15 +23,22 @@ import pytest
 from serving.launch import ServerStartError, started_server
 from tests.conftest import project_env
 
+API_KEYS = ("test-key-1", "test-key-2")
 # Small limits so the error cases are cheap to provoke; the tests that need them say so.
 SERVER_ENV = {
     "SERVING_CHAT_MAX_BATCH_SIZE": "4",
     "SERVING_CHAT_MAX_QUEUE": "0",
     "SERVING_EMBED_MAX_INPUTS": "16",
     "SERVING_MAX_BODY_BYTES": "100000",
-    "SERVING_CHAT_MAX_TOKENS": "64",
+    "SERVING_CHAT_MAX_TOKENS": "256",
     "SERVING_CHAT_MAX_CONTEXT_TOKENS": "1024",
     "SERVING_CHAT_DEFAULT_MAX_TOKENS": "16",
+    # API keys on, so every test is also a test that a keyed client gets through (test_api_keys: who does not).
+    "SERVING_API_KEYS": ",".join(API_KEYS),
+    # Every chat forward takes at least 50 ms (serving/faults.py): a 200-token answer is still generating
+    # 10 s after it starts on any machine, so the slot and disconnect tests act while it runs, and they
+    # learn when to act from /v1/status, not from sleeps.
+    "SERVING_DEBUG_STEP_DELAY_MS": "50",
 }
 STARTUP_TIMEOUT_S = 300
 
@@ -41,6 +48,10 @@ class Server:
     url: str
     project: Path
     log: Path
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {API_KEYS[0]}"}
 
 
 @pytest.fixture(scope="session")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import chromadb
 import numpy as np
@@ -12,23 +14,16 @@ import pytest
 import torch
 from chromadb.config import Settings
 
-from core import paths
 from core.errors import ContextLengthExceeded, InvalidRequest, Overloaded, QueueFull, RequestTimeout
 from core.loading import load_chat, load_embedder
 from serving.engines.chat import ChatEngine
 from serving.engines.embedder import EmbedderEngine
 from serving.engines.rag import RagService
 from serving.engines.retriever import Retriever
-from serving.engines.types import SamplingParams
-
-
-@pytest.fixture(scope="module")
-def base_dir(request: pytest.FixtureRequest) -> Path:
-    """The base models: this checkout's artifacts/base when the pipeline ran here, else the tiny pipeline copy's."""
-    if (paths.BASE_CHAT / "model.safetensors").exists() and (paths.BASE_EMBEDDER / "modules.json").exists():
-        return paths.BASE_CHAT.parent
-    return Path(request.getfixturevalue("pipeline")) / "artifacts" / "base"
-
+from serving.engines.types import EngineObserver, SamplingParams
+from serving.faults import StepDelay
+from serving.platform import Platform
+from serving.registry import ServedModel
 
 QUESTIONS = [
     "What is Python?",
@@ -63,14 +58,22 @@ def _reference(chat_parts, prompt: list[int], max_new: int) -> str:  # type: ign
 
 
 def test_continuous_batching_matches_one_stream_generate(engine: ChatEngine, chat_parts) -> None:  # type: ignore[no-untyped-def]
-    """Four requests on three slots, arriving at different times: each answer equals solo greedy `generate`."""
+    """Four requests on three slots, each sent once the one before it has its first token (so it joins a
+    batch mid-generation, and the fourth waits for a slot): each answer equals solo greedy `generate`."""
     prompts = [engine.encode_messages([{"role": "user", "content": q}]) for q in QUESTIONS]
     params = SamplingParams(max_tokens=12, temperature=0)
 
     async def run() -> list[str]:
+        started = [asyncio.Event() for _ in prompts]
+
         async def one(i: int) -> str:
-            await asyncio.sleep(0.3 * i)  # later requests join a running batch mid-generation
-            return (await engine.submit(prompts[i], params).result()).text
+            if i:
+                await started[i - 1].wait()
+            parts = []
+            async for delta in engine.submit(prompts[i], params).stream():
+                started[i].set()
+                parts.append(delta.text)
+            return "".join(parts)
 
         return await asyncio.gather(*(one(i) for i in range(len(prompts))))
 
@@ -130,49 +133,230 @@ async def _submit_empty(engine: ChatEngine) -> None:
     engine.submit([], SamplingParams(max_tokens=1))
 
 
+async def _until(condition: Callable[[], bool], what: str, timeout_s: float = 120.0) -> None:
+    """Wait for a count or state to change (generous bound: this is a check, not a timing)."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + timeout_s
+    while not condition():
+        assert loop.time() < give_up, f"gave up waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+class _Gate:
+    """A forward pre-hook that parks the scheduler inside its next forward until `open()`: while it is
+    closed, whatever is admitted stays admitted and whatever waits keeps waiting, on any machine."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.entered = threading.Event()
+        self._open = threading.Event()
+        self._handle = module.register_forward_pre_hook(self._hook)
+
+    def _hook(self, module: torch.nn.Module, args: Any) -> None:
+        self.entered.set()
+        self._open.wait(timeout=300)  # never hang a broken test forever
+
+    def remove(self) -> None:
+        self._open.set()
+        self._handle.remove()
+
+
 def test_disconnect_frees_the_slot(engine: ChatEngine) -> None:
     prompt = engine.encode_messages([{"role": "user", "content": "Write a long essay about the sea."}])
+    delay = StepDelay(engine.model, 0.05)  # 200 tokens take >= 10s: still generating when the client leaves
 
     async def run() -> dict[str, int]:
+        first = asyncio.Event()
+
         async def consume() -> None:
             async for _ in engine.submit(prompt, SamplingParams(max_tokens=200, temperature=0)).stream():
-                pass
+                first.set()
 
         task = asyncio.create_task(consume())
-        while engine.load()["running"] == 0:
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(0.3)
+        await asyncio.wait_for(first.wait(), 120)
+        assert engine.load()["running"] == 1
         task.cancel()  # what BentoML/Starlette do when the client goes away
         with pytest.raises(asyncio.CancelledError):
             await task
-        for _ in range(100):
-            if engine.load()["running"] == 0:
-                break
-            await asyncio.sleep(0.05)
+        await _until(lambda: engine.load()["running"] == 0, "the cancelled request's slot to be freed")
         return engine.load()
 
-    assert asyncio.run(run()) == {"running": 0, "waiting": 0, "limit": engine.max_batch_size}
+    try:
+        assert asyncio.run(run()) == {"running": 0, "waiting": 0, "limit": engine.max_batch_size}
+    finally:
+        delay.remove()
 
 
 def test_bounded_queue_and_timeout(chat_parts) -> None:  # type: ignore[no-untyped-def]
     model, tok = chat_parts
-    eng = ChatEngine(model, tok, max_batch_size=1, max_queue=1, max_context_tokens=256, timeout_s=1.0)
-    eng.start()
+    eng = ChatEngine(model, tok, max_batch_size=1, max_queue=1, max_context_tokens=256, timeout_s=3.0)
     prompt = eng.encode_messages([{"role": "user", "content": "Write a long essay about the sea."}])
+    delay = StepDelay(model, 0.05)  # 200 tokens take >= 10s, past the 3s timeout
+    eng.start()
 
     async def run() -> None:
         first = eng.submit(prompt, SamplingParams(max_tokens=200, temperature=0))
-        eng.submit(prompt, SamplingParams(max_tokens=1))  # waits (slot taken after admission, or queued)
+        await _until(lambda: eng.load()["running"] == 1, "the first request to take the only slot")
+        eng.submit(prompt, SamplingParams(max_tokens=1))  # queued behind it
+        assert eng.load()["waiting"] == 1
         with pytest.raises(QueueFull) as full:
-            for _ in range(3):
-                eng.submit(prompt, SamplingParams(max_tokens=1))
+            eng.submit(prompt, SamplingParams(max_tokens=1))
         assert full.value.retry_after_s == 1
-        with pytest.raises(RequestTimeout):
+        with pytest.raises(RequestTimeout, match="generation did not finish within the 3s request timeout"):
             await first.result()
 
     try:
         asyncio.run(run())
     finally:
+        delay.remove()
+        eng.stop()
+
+
+def test_a_request_that_times_out_in_the_queue_says_so(chat_parts) -> None:  # type: ignore[no-untyped-def]
+    """Never admitted: the client hears that it waited in the queue (the server is busy), not that
+    generation was slow, although its own deadline and the engine's fire together."""
+    model, tok = chat_parts
+    eng = ChatEngine(model, tok, max_batch_size=1, max_queue=4, max_context_tokens=256, timeout_s=0.5)
+    prompt = eng.encode_messages([{"role": "user", "content": "Hi"}])
+    eng.start()
+    gate = _Gate(model)
+
+    async def run() -> None:
+        first = eng.submit(prompt, SamplingParams(max_tokens=4, temperature=0))
+        assert await asyncio.to_thread(gate.entered.wait, 120)  # the scheduler holds the only slot
+        queued = eng.submit(prompt, SamplingParams(max_tokens=4, temperature=0))
+        with pytest.raises(RequestTimeout, match=r"waited in the queue past its 0.5s timeout; the server is busy"):
+            await queued.result()
+        assert queued.queue_ms is None
+        first.cancel()
+
+    try:
+        asyncio.run(run())
+    finally:
+        gate.remove()
+        eng.stop()
+
+
+def test_failed_steps_make_the_engine_unhealthy(chat_parts) -> None:  # type: ignore[no-untyped-def]
+    model, tok = chat_parts
+    eng = ChatEngine(model, tok, max_batch_size=2, max_queue=2, max_context_tokens=256, max_failed_steps=2)
+    prompt = eng.encode_messages([{"role": "user", "content": "Hi"}])
+    params = SamplingParams(max_tokens=4, temperature=0)
+
+    def broken(module: torch.nn.Module, args: Any) -> None:
+        raise RuntimeError("injected device fault")
+
+    eng.start()
+    handle = model.register_forward_pre_hook(broken)
+
+    async def run() -> None:
+        for _ in range(2):
+            assert eng.health().healthy
+            with pytest.raises(Overloaded, match="generation failed on the server"):
+                await eng.submit(prompt, params).result()
+        health = eng.health()
+        assert not health.healthy
+        assert health.reason == "the last 2 generation steps failed (last error: RuntimeError: injected device fault)"
+        with pytest.raises(Overloaded, match="cannot take requests: the last 2 generation steps failed"):
+            eng.submit(prompt, params)
+
+    try:
+        asyncio.run(run())
+    finally:
+        handle.remove()
+        eng.stop()
+
+
+def test_a_dead_scheduler_thread_is_unhealthy(chat_parts) -> None:  # type: ignore[no-untyped-def]
+    """A bug outside a step (here: in an observer hook during admission) ends the thread: health says why,
+    the request in flight fails instead of hanging, and new requests are refused."""
+
+    class Broken(EngineObserver):
+        def queue_time(self, engine: str, seconds: float) -> None:
+            raise ValueError("observer bug")
+
+    model, tok = chat_parts
+    eng = ChatEngine(model, tok, max_batch_size=2, max_queue=2, max_context_tokens=256, observer=Broken())
+    prompt = eng.encode_messages([{"role": "user", "content": "Hi"}])
+    eng.start()
+
+    async def run() -> None:
+        with pytest.raises(Overloaded, match="chat engine failed"):
+            await eng.submit(prompt, SamplingParams(max_tokens=4, temperature=0)).result()
+        health = eng.health()
+        assert not health.healthy and health.reason == "the scheduler thread died (ValueError: observer bug)"
+        with pytest.raises(Overloaded, match="observer bug"):
+            eng.submit(prompt, SamplingParams(max_tokens=4, temperature=0))
+
+    try:
+        asyncio.run(run())
+    finally:
+        eng.stop()
+
+
+def test_warmup_runs_the_engines_own_forwards_before_start(chat_parts, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    model, tok = chat_parts
+    prompt = ChatEngine(model, tok).encode_messages([{"role": "user", "content": "Hi"}])
+    want = _reference(chat_parts, prompt, 4)
+
+    def no_generate(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("warmup must go through the engine's prefill and decode, not model.generate")
+
+    shapes: list[tuple[int, ...]] = []
+    hook = model.register_forward_pre_hook(
+        lambda m, a, kw: shapes.append(tuple(kw["input_ids"].shape)), with_kwargs=True
+    )
+    monkeypatch.setattr(model, "generate", no_generate)
+    eng = ChatEngine(model, tok, max_batch_size=2, max_queue=2, max_context_tokens=256)
+    try:
+        eng.warmup()  # before start(), as serving/platform.py calls it
+    finally:
+        hook.remove()
+    assert shapes[0][0] == 1 and (2, 1) in shapes and shapes[-1] == (1, 1)  # prefill, batched decode, select
+    eng.start()
+    try:
+        assert asyncio.run(_answer(eng, prompt, 4)) == want
+    finally:
+        eng.stop()
+
+
+async def _answer(eng: ChatEngine, prompt: list[int], max_tokens: int) -> str:
+    return (await eng.submit(prompt, SamplingParams(max_tokens=max_tokens, temperature=0)).result()).text
+
+
+class _Loads(EngineObserver):
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, int]] = []
+
+    def load(self, engine: str, running: int, waiting: int) -> None:
+        self.seen.append((running, waiting))
+
+
+def test_observer_sees_the_load_move(chat_parts) -> None:  # type: ignore[no-untyped-def]
+    model, tok = chat_parts
+    obs = _Loads()
+    eng = ChatEngine(model, tok, max_batch_size=1, max_queue=4, max_context_tokens=256, observer=obs)
+    prompt = eng.encode_messages([{"role": "user", "content": "Hi"}])
+    params = SamplingParams(max_tokens=3, temperature=0)
+    eng.start()
+    gate = _Gate(model)
+
+    async def run() -> None:
+        first = eng.submit(prompt, params)  # (0 running, 1 waiting), then admitted: (1, 0)
+        assert await asyncio.to_thread(gate.entered.wait, 120)
+        second = eng.submit(prompt, params)  # waits behind it: (1, 1)
+        third = eng.submit(prompt, params)  # (1, 2)
+        third.cancel()  # leaves the queue at once: (1, 1)
+        assert obs.seen == [(0, 1), (1, 0), (1, 1), (1, 2), (1, 1)]
+        gate.remove()
+        await first.result()
+        await second.result()
+        await _until(lambda: obs.seen[-1] == (0, 0), "the gauges to report an idle engine")
+        assert (1, 0) in obs.seen[5:]  # the second request was admitted
+
+    try:
+        asyncio.run(run())
+    finally:
+        gate.remove()
         eng.stop()
 
 
@@ -311,3 +495,40 @@ def test_embedder_splits_a_batch_that_runs_out_of_memory(embedder: EmbedderEngin
         oom.remove()
     assert oom.raised > 0 and engine.backoff.value <= 2
     assert np.allclose(got, direct, atol=1e-5)
+
+
+def test_platform_readiness_and_liveness_follow_the_engines(chat_parts, embedder: EmbedderEngine) -> None:  # type: ignore[no-untyped-def]
+    """Not ready while loading; ready and alive when warmed; neither once the chat engine is unhealthy,
+    with the engine's reason (what /v1/status shows)."""
+    model, tok = chat_parts
+    chat = ChatEngine(model, tok, max_batch_size=2, max_queue=2, max_context_tokens=256, max_failed_steps=1)
+    coll = chromadb.EphemeralClient(settings=Settings(anonymized_telemetry=False)).get_or_create_collection(
+        "readiness", embedding_function=None
+    )
+    retriever = Retriever(embedder, coll)
+    info = ServedModel("chat", "champion", "1", Path("."), False)
+    platform = Platform(embedder, chat, retriever, RagService(retriever, chat), info, info, "chunks-test")
+    assert platform.readiness() == (False, "loading and warming the models")
+    platform.start()
+    try:
+        assert platform.readiness() == (True, None) and platform.is_alive()
+        hook = model.register_forward_pre_hook(_raise_device_fault)
+        try:
+            prompt = chat.encode_messages([{"role": "user", "content": "Hi"}])
+            with pytest.raises(Overloaded):
+                asyncio.run(_two_tokens(chat, prompt))
+        finally:
+            hook.remove()
+        ready, reason = platform.readiness()
+        assert not ready and not platform.is_alive()
+        assert reason is not None and reason.startswith("chat engine unhealthy: the last 1 generation steps failed")
+    finally:
+        platform.stop()
+
+
+def _raise_device_fault(module: torch.nn.Module, args: Any) -> None:
+    raise RuntimeError("injected device fault")
+
+
+async def _two_tokens(chat: ChatEngine, prompt: list[int]) -> str:
+    return (await chat.submit(prompt, SamplingParams(max_tokens=2, temperature=0)).result()).text

@@ -1,26 +1,42 @@
-"""A real `bentoml serve` driven by the official openai SDK (and LangChain), plus httpx for the rest."""
+"""A real `bentoml serve` driven by the official openai SDK (and LangChain), plus httpx for the rest.
+
+The server runs with API keys on and a deterministically slow chat model (tests/serving/conftest.py):
+tests that need requests to be generating when they act wait on /v1/status (the engines' running and
+waiting counts), never on sleeps, so they hold on a fast machine and a slow one alike.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import time
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 from openai import OpenAI
+from prometheus_client.parser import text_string_to_metric_families
 
-from tests.serving.conftest import Server
+from tests.serving.conftest import API_KEYS, Server
 
 pytestmark = pytest.mark.slow
 
 Q = "How do I convert a Python object to a JSON string?"
+LONG = 200  # tokens: >= 10 s of generation at the server's 50 ms per step
+WAIT_S = 120  # hang guard for waiting on the server's state, not a timing
 
 
 @pytest.fixture(scope="module")
 def client(server: Server) -> OpenAI:
-    return OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=120)
+    return OpenAI(base_url=f"{server.url}/v1", api_key=API_KEYS[0], max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def http(server: Server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, headers=server.headers, timeout=120) as c:
+        yield c
 
 
 def _error(r: httpx.Response, status: int) -> dict:  # type: ignore[type-arg]
@@ -28,6 +44,32 @@ def _error(r: httpx.Response, status: int) -> dict:  # type: ignore[type-arg]
     err = r.json()["error"]
     assert set(err) == {"message", "type", "param", "code"}
     return err  # type: ignore[no-any-return]
+
+
+def _chat(max_tokens: int, stream: bool = False) -> dict[str, Any]:
+    return {
+        "model": "chat",
+        "messages": [{"role": "user", "content": Q}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": stream,
+    }
+
+
+async def _wait_for(server: Server, what: str, ok: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    """Poll /v1/status until `ok(chat engine status)` holds; fail with the last status after WAIT_S."""
+    deadline = time.monotonic() + WAIT_S
+    async with httpx.AsyncClient(headers=server.headers, timeout=30) as c:
+        while True:
+            chat = (await c.get(f"{server.url}/v1/status")).json()["engines"]["chat"]
+            if ok(chat):
+                return chat  # type: ignore[no-any-return]
+            assert time.monotonic() < deadline, f"the chat engine never reached: {what} (last: {chat})"
+            await asyncio.sleep(0.05)
+
+
+def _idle(chat: dict[str, Any]) -> bool:
+    return chat["running"] == 0 and chat["waiting"] == 0
 
 
 # ---- openai SDK --------------------------------------------------------------------------------------
@@ -77,34 +119,26 @@ def test_embeddings_float_and_base64(client: OpenAI) -> None:
     assert np.allclose(single.data[0].embedding, b[0], atol=1e-5)
 
 
-def test_rag_as_a_chat_model(server: Server) -> None:
-    r = httpx.post(
-        f"{server.url}/v1/chat/completions",
-        json={
-            "model": "rag",
-            "messages": [{"role": "user", "content": Q}],
-            "max_tokens": 8,
-            "temperature": 0,
-            "top_k": 2,
-        },
-        timeout=120,
-    )
+def test_rag_as_a_chat_model(http: httpx.Client) -> None:
+    body = {**_chat(8), "top_k": 2}
+    r = http.post("/v1/chat/completions", json={**body, "model": "rag"})
     assert r.status_code == 200, r.text
-    body = r.json()
-    assert body["choices"][0]["message"]["content"] is not None
-    assert len(body["sources"]) == 2 and all(s["source"] for s in body["sources"])
+    out = r.json()
+    assert out["choices"][0]["message"]["content"] is not None
+    assert len(out["sources"]) == 2 and all(s["source"] for s in out["sources"])
 
 
 def test_langchain_clients_work_unchanged(server: Server) -> None:
     from langchain_openai import ChatOpenAI, OpenAIEmbeddings
 
-    chat = ChatOpenAI(base_url=f"{server.url}/v1", api_key="unused", model="chat", max_tokens=6, temperature=0)  # type: ignore[arg-type]
+    key = API_KEYS[1]  # either configured key is accepted
+    chat = ChatOpenAI(base_url=f"{server.url}/v1", api_key=key, model="chat", max_tokens=6, temperature=0)  # type: ignore[arg-type]
     assert isinstance(chat.invoke("Say hi").content, str)
     emb = OpenAIEmbeddings(
         base_url=f"{server.url}/v1",
-        api_key="unused",
+        api_key=key,  # type: ignore[arg-type]
         model="embedder",
-        check_embedding_ctx_length=False,  # type: ignore[arg-type]
+        check_embedding_ctx_length=False,
     )
     assert len(emb.embed_query("json")) == len(emb.embed_documents(["a", "b"])[1])
 
@@ -112,27 +146,25 @@ def test_langchain_clients_work_unchanged(server: Server) -> None:
 # ---- search and RAG over plain HTTP ------------------------------------------------------------------
 
 
-def test_search(server: Server) -> None:
-    r = httpx.post(f"{server.url}/v1/search", json={"query": Q, "top_k": 3}, timeout=60)
+def test_search(http: httpx.Client) -> None:
+    r = http.post("/v1/search", json={"query": Q, "top_k": 3})
     assert r.status_code == 200, r.text
     results = r.json()["results"]
     assert len(results) == 3
     assert {"id", "text", "score", "source", "metadata"} <= set(results[0])
     assert results[0]["score"] >= results[-1]["score"]
     src = results[0]["source"]
-    filtered = httpx.post(
-        f"{server.url}/v1/search", json={"query": Q, "top_k": 3, "filter": {"source": src}}, timeout=60
-    )
+    filtered = http.post("/v1/search", json={"query": Q, "top_k": 3, "filter": {"source": src}})
     assert all(x["source"] == src for x in filtered.json()["results"])
 
 
-def test_rag_plain_and_streamed(server: Server) -> None:
+def test_rag_plain_and_streamed(http: httpx.Client) -> None:
     body = {"question": Q, "top_k": 2, "max_tokens": 8}
-    r = httpx.post(f"{server.url}/v1/rag", json=body, timeout=120)
+    r = http.post("/v1/rag", json=body)
     assert r.status_code == 200, r.text
     out = r.json()
     assert len(out["sources"]) == 2 and out["usage"]["completion_tokens"] > 0
-    with httpx.stream("POST", f"{server.url}/v1/rag", json={**body, "stream": True}, timeout=120) as s:
+    with http.stream("POST", "/v1/rag", json={**body, "stream": True}) as s:
         lines = [ln for ln in s.iter_lines() if ln]
     assert lines[-1] == "data: [DONE]"
     events = [json.loads(ln.removeprefix("data: ")) for ln in lines[:-1]]
@@ -144,124 +176,164 @@ def test_rag_plain_and_streamed(server: Server) -> None:
 # ---- errors: OpenAI body and the right status, never a 500 for bad input -----------------------------
 
 
-def test_error_cases(server: Server) -> None:
-    u = server.url
+def test_error_cases(http: httpx.Client) -> None:
     chat = {"model": "chat", "messages": [{"role": "user", "content": "hi"}]}
-    assert _error(httpx.post(f"{u}/v1/chat/completions", json={**chat, "model": "gpt-9"}), 404)["param"] == "model"
-    assert _error(httpx.post(f"{u}/v1/embeddings", json={"model": "gpt-9", "input": "x"}), 404)["code"] == (
+    assert _error(http.post("/v1/chat/completions", json={**chat, "model": "gpt-9"}), 404)["param"] == "model"
+    assert _error(http.post("/v1/embeddings", json={"model": "gpt-9", "input": "x"}), 404)["code"] == (
         "model_not_found"
     )
-    assert "n must be 1" in _error(httpx.post(f"{u}/v1/chat/completions", json={**chat, "n": 2}), 400)["message"]
-    assert _error(httpx.post(f"{u}/v1/chat/completions", json={**chat, "temperature": 9}), 400)["param"] == (
-        "temperature"
-    )
-    bad_json = httpx.post(
-        f"{u}/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"}
-    )
+    assert "n must be 1" in _error(http.post("/v1/chat/completions", json={**chat, "n": 2}), 400)["message"]
+    assert _error(http.post("/v1/chat/completions", json={**chat, "temperature": 9}), 400)["param"] == "temperature"
+    bad_json = http.post("/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
     _error(bad_json, 400)
-    assert _error(httpx.post(f"{u}/v1/chat/completions", json={**chat, "max_tokens": 10_000}), 400)["param"] == (
-        "max_tokens"
-    )
+    err = _error(http.post("/v1/chat/completions", json={**chat, "max_tokens": 10_000}), 400)
+    assert err["param"] == "max_tokens" and "256" in err["message"]
+    assert _error(http.post("/v1/rag", json={"question": "x", "max_tokens": 10_000}), 400)["param"] == "max_tokens"
     long_text = "word " * 1100  # > the 1024-token window set for this server
     err = _error(
-        httpx.post(f"{u}/v1/chat/completions", json={**chat, "messages": [{"role": "user", "content": long_text}]}), 400
+        http.post("/v1/chat/completions", json={**chat, "messages": [{"role": "user", "content": long_text}]}), 400
     )
     assert err["code"] == "context_length_exceeded" and "1024" in err["message"]
-    err = _error(httpx.post(f"{u}/v1/embeddings", json={"model": "embedder", "input": long_text}), 400)
+    err = _error(http.post("/v1/embeddings", json={"model": "embedder", "input": long_text}), 400)
     assert err["code"] == "context_length_exceeded"
-    _error(httpx.post(f"{u}/v1/embeddings", json={"model": "embedder", "input": ["x"] * 17}), 413)
-    _error(httpx.post(f"{u}/v1/embeddings", json={"model": "embedder", "input": "y" * 200_000}), 413)
-    _error(httpx.post(f"{u}/v1/search", json={"query": "x", "top_k": 0}), 400)
-    _error(httpx.post(f"{u}/v1/search", json={"query": "x", "filter": {"$nope": 1}}), 400)
-    _error(httpx.post(f"{u}/v1/rag", json={"question": ""}), 400)
+    _error(http.post("/v1/embeddings", json={"model": "embedder", "input": ["x"] * 17}), 413)
+    _error(http.post("/v1/embeddings", json={"model": "embedder", "input": "y" * 200_000}), 413)
+    _error(http.post("/v1/search", json={"query": "x", "top_k": 0}), 400)
+    _error(http.post("/v1/search", json={"query": "x", "filter": {"$nope": 1}}), 400)
+    _error(http.post("/v1/rag", json={"question": ""}), 400)
 
 
-def test_queue_full_is_429_with_retry_after(server: Server) -> None:
-    """4 slots and no queue on this server: 8 simultaneous requests must see some 429s, and no 5xx."""
-
-    async def burst() -> list[httpx.Response]:
-        async with httpx.AsyncClient(timeout=120) as c:
-            body = {"model": "chat", "messages": [{"role": "user", "content": Q}], "max_tokens": 24}
-            return await asyncio.gather(*(c.post(f"{server.url}/v1/chat/completions", json=body) for _ in range(8)))
-
-    responses = asyncio.run(burst())
-    codes = sorted(r.status_code for r in responses)
-    assert set(codes) <= {200, 429} and 429 in codes and 200 in codes, codes
-    assert all(r.headers.get("retry-after") for r in responses if r.status_code == 429)
-
-
-# ---- probes and metrics ------------------------------------------------------------------------------
+def test_api_keys_on_the_real_server(server: Server) -> None:
+    """Every /v1 route wants a configured key; the probes and metrics do not (schedulers call them)."""
+    u = server.url
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": API_KEYS[0]}):
+        err = _error(httpx.get(f"{u}/v1/models", headers=headers), 401)
+        assert err["code"] == "invalid_api_key" and "Bearer" in err["message"]
+    _error(httpx.post(f"{u}/v1/embeddings", json={"model": "embedder", "input": "x"}), 401)
+    for key in API_KEYS:
+        assert httpx.get(f"{u}/v1/models", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+    for probe in ("/livez", "/readyz", "/metrics"):
+        assert httpx.get(f"{u}{probe}").status_code == 200, probe
 
 
-def test_probes_and_metrics(server: Server) -> None:
-    httpx.get(f"{server.url}/v1/models")  # so the request counter has a sample whatever ran before
-    assert httpx.get(f"{server.url}/livez").status_code == 200
-    assert httpx.get(f"{server.url}/readyz").status_code == 200
-    text = httpx.get(f"{server.url}/metrics").text
-    for name in (
-        "modelplatform_requests_total",
-        "modelplatform_time_to_first_token_seconds",
-        "modelplatform_inter_token_seconds",
-        "modelplatform_request_seconds",
-        "modelplatform_queue_seconds",
-        "modelplatform_batch_size",
-        "modelplatform_completion_tokens_total",
-    ):
-        assert name in text, name
-    assert 'route="/v1/chat/completions"' in text
+# ---- slots, queue and disconnects (the model is slow by construction; the tests wait on /v1/status) ----
 
 
-def test_client_disconnect_frees_generation_slots(server: Server) -> None:
-    """Fill all 4 slots with long streams, drop the connections, and the next 4 requests get slots (no 429)."""
-    body = {"model": "chat", "messages": [{"role": "user", "content": Q}], "max_tokens": 64, "stream": True}
+def test_queue_full_is_429_and_a_dropped_stream_frees_its_slot(server: Server) -> None:
+    """4 slots and no queue: with 4 long streams running, the next request is a 429 with Retry-After;
+    once those clients hang up, the engine empties and the next 4 requests all get slots."""
 
-    async def run() -> list[int]:
-        for _ in range(4):
-            async with (
-                httpx.AsyncClient(timeout=60) as c,
-                c.stream("POST", f"{server.url}/v1/chat/completions", json=body) as r,
-            ):
+    async def run() -> None:
+        await _wait_for(server, "idle before the test", _idle)
+        async with httpx.AsyncClient(headers=server.headers, timeout=WAIT_S) as c:
+            opened = []
+            for _ in range(4):
+                cm = c.stream("POST", f"{server.url}/v1/chat/completions", json=_chat(LONG, stream=True))
+                r = await cm.__aenter__()
                 assert r.status_code == 200
-                async for line in r.aiter_lines():
-                    if '"content"' in line:
-                        break  # leave mid-stream: the connection closes with the client
-        await asyncio.sleep(1.5)  # a few decode steps for the engine to notice
-        async with httpx.AsyncClient(timeout=120) as c:
-            short = {**body, "stream": False, "max_tokens": 2}
-            rs = await asyncio.gather(*(c.post(f"{server.url}/v1/chat/completions", json=short) for _ in range(4)))
-        return [r.status_code for r in rs]
+                opened.append(cm)
+            await _wait_for(server, "4 running", lambda s: s["running"] == 4)
+            busy = await c.post(f"{server.url}/v1/chat/completions", json=_chat(2))
+            err = _error(busy, 429)
+            assert err["code"] == "queue_full" and int(busy.headers["retry-after"]) >= 1
+            for cm in opened:  # the clients hang up mid-answer
+                await cm.__aexit__(None, None, None)
+        await _wait_for(server, "idle after the clients left", _idle)
+        async with httpx.AsyncClient(headers=server.headers, timeout=WAIT_S) as c:
+            rs = await asyncio.gather(*(c.post(f"{server.url}/v1/chat/completions", json=_chat(2)) for _ in range(4)))
+        assert [r.status_code for r in rs] == [200, 200, 200, 200]
 
-    assert asyncio.run(run()) == [200, 200, 200, 200]
+    asyncio.run(run())
 
 
 def test_non_streaming_client_disconnect_frees_its_slot(server: Server) -> None:
-    """4 long non-streamed requests whose clients give up after 1 s: their slots free up for the next 4
-    (with no queue, a request still generating would turn the next ones into 429s)."""
-    long = {"model": "chat", "messages": [{"role": "user", "content": Q}], "max_tokens": 64, "stream": False}
+    """4 long non-streamed requests whose clients give up: their generations are cancelled (the engine
+    empties), and the next 4 requests get slots."""
 
-    async def run() -> list[int]:
-        async with httpx.AsyncClient(timeout=1.0) as c:
-            gone = await asyncio.gather(
-                *(c.post(f"{server.url}/v1/chat/completions", json=long) for _ in range(4)), return_exceptions=True
-            )
-        assert all(isinstance(g, httpx.TimeoutException) for g in gone), gone
-        await asyncio.sleep(1.5)  # a poll interval and a few decode steps for the server to notice
-        async with httpx.AsyncClient(timeout=120) as c:
-            short = {**long, "max_tokens": 2}
-            rs = await asyncio.gather(*(c.post(f"{server.url}/v1/chat/completions", json=short) for _ in range(4)))
-        return [r.status_code for r in rs]
+    async def run() -> None:
+        await _wait_for(server, "idle before the test", _idle)
+        async with httpx.AsyncClient(headers=server.headers, timeout=WAIT_S) as c:
+            tasks = [
+                asyncio.create_task(c.post(f"{server.url}/v1/chat/completions", json=_chat(LONG))) for _ in range(4)
+            ]
+            await _wait_for(server, "4 running", lambda s: s["running"] == 4)
+            for t in tasks:  # the clients give up: their connections close
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        await _wait_for(server, "idle after the clients left", _idle)
+        async with httpx.AsyncClient(headers=server.headers, timeout=WAIT_S) as c:
+            rs = await asyncio.gather(*(c.post(f"{server.url}/v1/chat/completions", json=_chat(2)) for _ in range(4)))
+        assert [r.status_code for r in rs] == [200, 200, 200, 200]
 
-    assert asyncio.run(run()) == [200, 200, 200, 200]
+    asyncio.run(run())
 
 
-def test_one_structured_log_line_per_request(server: Server) -> None:
-    """Each API request is logged once, by the edge (request id, route, status, latency), not twice."""
-    r = httpx.get(f"{server.url}/v1/models", headers={"x-request-id": "logcheck-1"}, timeout=30)
-    assert r.status_code == 200 and r.headers["x-request-id"] == "logcheck-1"
-    for _ in range(50):  # the log is written by another process
-        lines = [line for line in server.log.read_text().splitlines() if "logcheck-1" in line]
-        if lines:
+# ---- probes, status and metrics ----------------------------------------------------------------------
+
+
+def test_status_says_what_is_served_and_why_ready(http: httpx.Client, server: Server) -> None:
+    assert http.get("/readyz").status_code == 200
+    s = http.get("/v1/status").json()
+    assert s["ready"] is True and s.get("reason") is None
+    assert {e: (v["healthy"], v.get("reason")) for e, v in s["engines"].items()} == {
+        "chat": (True, None),
+        "embedder": (True, None),
+    }
+    models = {m["id"]: m["version"] for m in http.get("/v1/models").json()["data"]}
+    assert s["models"]["chat"]["version"] == models["chat"] and s["models"]["chat"]["alias"] == "champion"
+    assert s["models"]["embedder"]["version"] == models["embedder"]
+    manifest = json.loads((server.project / "artifacts/index/manifest.json").read_text())
+    assert s["index"] == manifest["collection"] and str(manifest["embedder_version"]) == models["embedder"]
+
+
+def _samples(http: httpx.Client) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = http.get("/metrics").text
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_a_request_moves_its_metrics(http: httpx.Client) -> None:
+    """One chat request adds one to its route's counter and latency histogram, one time-to-first-token,
+    its tokens to the token counters; the running/waiting gauges are back at zero afterwards."""
+    chat_route = (("route", "/v1/chat/completions"), ("status", "200"))
+    before = _samples(http)
+    out = http.post("/v1/chat/completions", json=_chat(5)).json()
+    deadline = time.monotonic() + WAIT_S
+    while True:  # the edge records a request after its last byte is sent: wait for the counter to move
+        after = _samples(http)
+        if after.get(("modelplatform_requests_total", chat_route), 0) > before.get(
+            ("modelplatform_requests_total", chat_route), 0
+        ):
             break
-        time.sleep(0.1)
-    assert len(lines) == 1 and "route=/v1/models" in lines[0] and "status=200" in lines[0]
-    assert not [line for line in server.log.read_text().splitlines() if "path=/v1/models" in line]
+        assert time.monotonic() < deadline, "the request counter never moved"
+        time.sleep(0.05)
+
+    def moved(name: str, labels: tuple[tuple[str, str], ...] = ()) -> float:
+        return after.get((name, labels), 0) - before.get((name, labels), 0)
+
+    assert moved("modelplatform_requests_total", chat_route) == 1
+    assert moved("modelplatform_request_seconds_count", (("route", "/v1/chat/completions"),)) == 1
+    assert moved("modelplatform_time_to_first_token_seconds_count") == 1
+    assert moved("modelplatform_prompt_tokens_total") == out["usage"]["prompt_tokens"]
+    assert moved("modelplatform_completion_tokens_total") == out["usage"]["completion_tokens"]
+    assert moved("modelplatform_inter_token_seconds_count") == out["usage"]["completion_tokens"] - 1
+    assert moved("modelplatform_batch_size_count", (("engine", "chat"),)) >= out["usage"]["completion_tokens"] - 1
+    assert moved("modelplatform_queue_seconds_count", (("engine", "chat"),)) == 1
+    for gauge in ("modelplatform_running", "modelplatform_waiting"):
+        assert after[(gauge, (("engine", "chat"),))] == 0, gauge
+
+
+def test_one_structured_log_line_per_request(http: httpx.Client, server: Server) -> None:
+    """Each API request is logged once, by the edge (request id, route, status, latency, what it did)."""
+    r = http.post("/v1/embeddings", json={"model": "embedder", "input": ["a", "b"]}, headers={"x-request-id": "lc-1"})
+    assert r.status_code == 200 and r.headers["x-request-id"] == "lc-1"
+    deadline = time.monotonic() + WAIT_S
+    while not (lines := [line for line in server.log.read_text().splitlines() if "lc-1" in line]):
+        assert time.monotonic() < deadline, "no log line"  # the log is written by another process
+        time.sleep(0.05)
+    assert len(lines) == 1, lines
+    assert "route=/v1/embeddings" in lines[0] and "status=200" in lines[0] and "inputs=2" in lines[0]
+    assert not [line for line in server.log.read_text().splitlines() if "path=/v1/embeddings" in line]

@@ -12,12 +12,28 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from core import errors
 from core.config import ConfigError, load_params
-from core.errors import ContextLengthExceeded, ModelNotFound, PayloadTooLarge, QueueFull, RequestTimeout
+from core.errors import (
+    ContextLengthExceeded,
+    InvalidRequest,
+    ModelNotFound,
+    PayloadTooLarge,
+    QueueFull,
+    RequestTimeout,
+    ServingError,
+)
 from serving.engines.embedder import EmbedderEngine
-from serving.errors import from_validation_errors, to_openai_error
+from serving.errors import OPENAI_ERRORS, from_validation_errors, to_openai_error
 from serving.http import RateLimiter, create_app, sse_stream
-from serving.schemas import ChatCompletionRequest, EmbeddingRequest, EmbeddingResponse, SearchRequest
+from serving.schemas import (
+    ChatCompletionRequest,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    RagRequest,
+    SamplingLimits,
+    SearchRequest,
+)
 from serving.settings import load_settings, service_resources
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,6 +82,17 @@ def test_one_mapping_to_openai_errors(exc: BaseException, status: int, retry: bo
         assert "bug" not in err.body["error"]["message"]  # internals are not leaked
 
 
+def test_domain_errors_carry_no_http_and_each_has_a_row_at_the_edge() -> None:
+    """core.errors knows nothing of HTTP; the edge's table has a row for every domain error class."""
+    classes = [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, ServingError)]
+    assert len(classes) >= 9
+    for cls in classes:
+        assert not {"status", "code", "type"} & set(vars(cls)), cls
+        assert cls in OPENAI_ERRORS, cls
+    source = Path(errors.__file__).read_text()
+    assert "fastapi" not in source and "starlette" not in source
+
+
 def test_validation_errors_name_the_field() -> None:
     with pytest.raises(ValidationError) as info:
         ChatCompletionRequest.model_validate({"model": "chat", "messages": [], "temperature": 5})
@@ -86,8 +113,15 @@ def test_chat_request_refuses_what_it_cannot_honour() -> None:
     req = ChatCompletionRequest.model_validate(
         {**base, "max_completion_tokens": 7, "stop": "\n", "user": "ignored", "temperature": 0}
     )
-    params = req.to_sampling(default_max_tokens=99)
+    limits = SamplingLimits(default_max_tokens=99, max_tokens=50)
+    params = req.to_sampling(limits)
     assert (params.max_tokens, params.stop, params.temperature) == (7, ("\n",), 0.0)
+    assert ChatCompletionRequest.model_validate(base).to_sampling(limits).max_tokens == 99  # the default
+    with pytest.raises(InvalidRequest, match="at most 50") as over:
+        ChatCompletionRequest.model_validate({**base, "max_tokens": 51}).to_sampling(limits)
+    assert over.value.param == "max_tokens"
+    with pytest.raises(InvalidRequest, match="at most 50"):
+        RagRequest.model_validate({"question": "q", "max_tokens": 51}).to_sampling(limits)
 
 
 def test_chat_request_accepts_content_parts_and_developer_role() -> None:

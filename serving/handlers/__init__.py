@@ -1,0 +1,38 @@
+"""Protocol handlers, one module per endpoint family: a validated request in, one services-layer call,
+a response model (or an `EventStream` of events) out. Routes (service.py) call exactly one method;
+the edge (serving/http.py) turns the result into JSON or SSE and exceptions into error bodies.
+Handlers know the wire schemas and the engines' plain types, never BentoML, HTTP or model internals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from serving.handlers.chat import ChatHandler
+from serving.handlers.embeddings import EmbeddingsHandler
+from serving.handlers.models import ModelsHandler
+from serving.handlers.retrieval import RetrievalHandler
+from serving.platform import Platform
+from serving.schemas import SamplingLimits
+from serving.settings import Settings
+
+
+@dataclass(frozen=True)
+class Handlers:
+    """Every endpoint family's handler over one running platform."""
+
+    chat: ChatHandler
+    embeddings: EmbeddingsHandler
+    retrieval: RetrievalHandler
+    models: ModelsHandler
+
+    @classmethod
+    def build(cls, platform: Platform, settings: Settings) -> Handlers:
+        limits = SamplingLimits.of(settings.serving)
+        log_text = settings.serving.log_text
+        return cls(
+            chat=ChatHandler(platform, limits, log_text),
+            embeddings=EmbeddingsHandler(platform),
+            retrieval=RetrievalHandler(platform, limits),
+            models=ModelsHandler(platform),
+        )

@@ -1,0 +1,53 @@
+"""What handlers hand back to the edge: the per-request record it logs, and a stream of events."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from pydantic import BaseModel
+
+CHAT, EMBEDDER, RAG = "chat", "embedder", "rag"
+"""The model names clients send (see /v1/models)."""
+
+
+@dataclass
+class RequestRecord:
+    """What one request did, filled in by its handler and logged once by the edge (serving/http.py)."""
+
+    model: str | None = None
+    version: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    finish_reason: str | None = None
+    queue_ms: float | None = None
+    inputs: int | None = None
+    """Embeddings: texts in the request."""
+    tokens: int | None = None
+    """Embeddings: tokens over all texts."""
+    top_k: int | None = None
+    hits: int | None = None
+    prompt: str | None = None
+    """The last message, only when `serving.log_text` is on."""
+    answer: str | None = None
+    """The answer, only when `serving.log_text` is on."""
+
+    def fields(self) -> dict[str, Any]:
+        """The fields that were set, in declaration order."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+Event = BaseModel | dict[str, Any]
+
+
+@dataclass
+class EventStream:
+    """A streamed answer: the events to send, and what frees the request's resources when the client goes.
+
+    `on_close` runs after the response ends however it ends, including when the client left before the
+    first event (the iterator then never started, so its own `finally` never ran).
+    """
+
+    events: AsyncIterator[Event]
+    on_close: Callable[[], None]

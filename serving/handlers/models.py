@@ -1,0 +1,53 @@
+"""/v1/models and /v1/status: what is served (registry versions, index) and whether it can serve."""
+
+from __future__ import annotations
+
+import time
+
+from serving.handlers.base import CHAT, EMBEDDER, RAG
+from serving.platform import Platform
+from serving.schemas import EngineStatus, ModelCard, ModelList, ServedVersion, StatusResponse
+
+
+class ModelsHandler:
+    def __init__(self, platform: Platform) -> None:
+        self.platform = platform
+
+    def list(self) -> ModelList:
+        p, now = self.platform, int(time.time())
+        chat_v, emb_v = p.chat_info.version, p.embedder_info.version
+        return ModelList(
+            data=[
+                ModelCard(id=CHAT, created=now, version=chat_v),
+                ModelCard(id=EMBEDDER, created=now, version=emb_v),
+                ModelCard(id=RAG, created=now, version=f"chat:{chat_v},embedder:{emb_v}"),
+            ]
+        )
+
+    def status(self) -> StatusResponse:
+        """Readiness with its reason, each engine's health and load, and the versions being served.
+
+        BentoML's /readyz carries only the boolean; this says why, for a person or an autoscaler.
+        """
+        p = self.platform
+        engines = {}
+        for name, engine in (("chat", p.chat), ("embedder", p.embedder)):
+            health, load = engine.health(), engine.load()
+            engines[name] = EngineStatus(
+                healthy=health.healthy,
+                reason=health.reason,
+                running=load["running"],
+                waiting=load["waiting"],
+                limit=load["limit"],
+            )
+        ready, reason = p.readiness()
+        return StatusResponse(
+            ready=ready,
+            reason=reason,
+            engines=engines,
+            models={
+                CHAT: ServedVersion.of(p.chat_info),
+                EMBEDDER: ServedVersion.of(p.embedder_info),
+            },
+            index=p.index_name,
+        )
