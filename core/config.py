@@ -167,6 +167,25 @@ class DatasetParams(_Section):
     """Reference answers are the first sentences of the passage, cut to this many words."""
 
 
+class QuestionParams(_Section):
+    """Held-out questions for the gate: the held-out documents' own descriptive sentences (data/questions.py)."""
+
+    min_words: int = Field(default=6, ge=2)
+    max_words: int = Field(default=30, ge=3)
+    """Sentences outside min..max words are not asked (too vague, or a paragraph in disguise)."""
+    min_plain_fraction: float = Field(default=0.8, gt=0, le=1)
+    """Share of a sentence's words that must be plain words (not identifiers, numbers or ALL-CAPS)."""
+    max_per_document: int = Field(default=3, ge=1)
+    """At most this many questions about one document, so long documents do not dominate the score."""
+    max_questions: int = Field(default=300, ge=1)
+
+    @model_validator(mode="after")
+    def _range(self) -> QuestionParams:
+        if self.min_words > self.max_words:
+            raise ValueError(f"min_words ({self.min_words}) must not exceed max_words ({self.max_words})")
+        return self
+
+
 class DataParams(_Section):
     corpus_dir: str = "artifacts/corpus"
     """Folder of documents (relative to the project root, or absolute). Point it at your own documents."""
@@ -174,6 +193,7 @@ class DataParams(_Section):
     ingest: IngestParams = IngestParams()
     chunk: ChunkParams = ChunkParams()
     datasets: DatasetParams = DatasetParams()
+    questions: QuestionParams = QuestionParams()
 
     def corpus_path(self) -> Path:
         p = Path(self.corpus_dir)
@@ -226,6 +246,15 @@ class EvaluateParams(_Section):
     generation_samples: int = Field(default=16, ge=1)
     """Held-out questions answered by each chat model for the answer-quality score."""
     max_new_tokens: int = Field(default=48, ge=1)
+    naive_chunk_chars: int = Field(default=1000, ge=50)
+    """The naive recipe the gate compares against: base embedder over fixed windows of this many characters."""
+    naive_overlap_chars: int = Field(default=200, ge=0)
+
+    @model_validator(mode="after")
+    def _naive_overlap(self) -> EvaluateParams:
+        if self.naive_overlap_chars >= self.naive_chunk_chars:
+            raise ValueError("naive_overlap_chars must be smaller than naive_chunk_chars")
+        return self
 
     @field_validator("k_values")
     @classmethod

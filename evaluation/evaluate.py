@@ -1,8 +1,13 @@
 """Stage `evaluate`: score the base and fine-tuned models on the held-out sets.
 
-Writes DVC metrics (`artifacts/metrics/evaluate.json`: `embedder.{base,finetuned}.recall@10`, ...),
-the recall@k plot, a sample of generated answers for a person to read, and logs the fine-tuned
-models' scores into their training runs in MLflow.
+Writes DVC metrics (`artifacts/metrics/evaluate.json`):
+    embedder.{base,finetuned}   held-out questions, per document, over our chunking (the gate reads these)
+    naive                       the naive recipe on the same questions: base embedder, fixed 1000-character
+                                windows with 200 of overlap, exact cosine, first distinct documents
+    headings.{base,finetuned}   the heading queries, per chunk id (a second set, kept for comparison)
+    chat.{base,finetuned}       held-out answer loss, perplexity, token F1
+the recall@k plot (naive, base, fine-tuned), a sample of generated answers for a person to read, and
+logs the fine-tuned models' scores into their training runs in MLflow.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import csv
 import gc
 import json
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
@@ -21,21 +27,34 @@ from core.loading import load_chat, load_embedder
 from core.log import get_logger
 from core.tracking import log_heldout_metrics
 from evaluation.chat_quality import answer_quality, heldout_loss
-from evaluation.retrieval import retrieval_metrics
+from evaluation.retrieval import QuestionSet, retrieval_metrics
 
 log = get_logger(__name__)
 
 
-def evaluate_embedders(p: Params) -> dict[str, dict[str, float]]:
-    queries = pl.read_parquet(paths.EMBED_EVAL_QUERIES)
-    corpus = pl.read_parquet(paths.EMBED_EVAL_CORPUS)
-    out = {}
+def evaluate_embedders(p: Params) -> dict[str, Any]:
+    """Every retrieval configuration on the held-out questions, and both embedders on the heading queries."""
+    qs = QuestionSet.load(p)
+    queries, corpus = pl.read_parquet(paths.EMBED_EVAL_QUERIES), pl.read_parquet(paths.EMBED_EVAL_CORPUS)
+    questions: dict[str, dict[str, float]] = {}
+    headings: dict[str, dict[str, float]] = {}
     for name, src in (("base", paths.BASE_EMBEDDER), ("finetuned", paths.EMBEDDER_MODEL)):
         model = load_embedder(src)
-        out[name] = retrieval_metrics(model, queries, corpus, p.evaluate.k_values, p.evaluate.batch_size)
-        log.info("retrieval model=%s %s", name, " ".join(f"{k}={v}" for k, v in out[name].items()))
+        if name == "base":
+            questions["naive"] = qs.score(model, p, naive=True)
+        questions[name] = qs.score(model, p)
+        headings[name] = retrieval_metrics(model, queries, corpus, p.evaluate.k_values, p.evaluate.batch_size)
         del model
-    return out
+    for name, m in questions.items():
+        log.info("questions config=%s %s", name, " ".join(f"{k}={v}" for k, v in m.items()))
+    log.info(
+        "held-out questions=%d chunks=%d naive_chunks=%d", qs.questions.height, qs.chunks.height, qs.naive_chunks.height
+    )
+    return {
+        "embedder": {"base": questions["base"], "finetuned": questions["finetuned"]},
+        "naive": questions["naive"],
+        "headings": headings,
+    }
 
 
 def evaluate_chats(p: Params) -> tuple[dict[str, dict[str, float]], dict[str, list[dict[str, str]]]]:
@@ -59,23 +78,25 @@ def _log_to_training_run(run_file: Path, metrics: dict[str, float]) -> None:
     log_heldout_metrics(json.loads(run_file.read_text())["run_id"], metrics)
 
 
-def write_recall_plot(embedder: dict[str, dict[str, float]], k_values: tuple[int, ...]) -> None:
+def write_recall_plot(retrieval: dict[str, Any], k_values: tuple[int, ...]) -> None:
+    """recall@k on the held-out questions for the naive recipe, the base and the fine-tuned embedder."""
     paths.RECALL_PLOT.parent.mkdir(parents=True, exist_ok=True)
+    rows = {"naive": retrieval["naive"], **retrieval["embedder"]}
     with open(paths.RECALL_PLOT, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["k", "base", "finetuned"])
+        w.writerow(["k", *rows])
         for k in k_values:
-            w.writerow([k, embedder["base"][f"recall@{k}"], embedder["finetuned"][f"recall@{k}"]])
+            w.writerow([k, *(m[f"recall@{k}"] for m in rows.values())])
 
 
 def main() -> None:
     p = params()
-    embedder = evaluate_embedders(p)
+    retrieval = evaluate_embedders(p)
     chat, samples = evaluate_chats(p)
-    write_recall_plot(embedder, p.evaluate.k_values)
+    write_recall_plot(retrieval, p.evaluate.k_values)
     write_json(samples, paths.ANSWERS_REPORT)
-    write_json({"embedder": embedder, "chat": chat}, paths.EVAL_METRICS)
-    _log_to_training_run(paths.TRAIN_EMBEDDER_METRICS, embedder["finetuned"])
+    write_json({**retrieval, "chat": chat}, paths.EVAL_METRICS)
+    _log_to_training_run(paths.TRAIN_EMBEDDER_METRICS, retrieval["embedder"]["finetuned"])
     _log_to_training_run(paths.TRAIN_CHAT_METRICS, chat["finetuned"])
 
 

@@ -1,16 +1,23 @@
-"""Retrieval quality of an embedder on the held-out queries: recall@k, accuracy@k, MRR@10, nDCG@10.
+"""Retrieval quality: recall@k, MRR@10 and nDCG@10 of an embedder over a chunking.
 
-Uses sentence-transformers' InformationRetrievalEvaluator (cosine similarity, exact search), so
-the numbers are the ones its users know.
+Two measurements. The gate's: held-out questions (data/questions.py) judged per document, for any
+chunking, with the naive recipe as a baseline row (bottom of this file). The second set: the heading
+queries judged per chunk id, with sentence-transformers' InformationRetrievalEvaluator (cosine
+similarity, exact search), so those numbers are the ones its users know.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import polars as pl
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
+
+from core import paths
+from core.config import Params
 
 
 def retrieval_metrics(
@@ -52,3 +59,113 @@ def retrieval_metrics(
         if "@" in metric and not metric.startswith(("precision", "map")):
             out[metric] = round(float(value), 4)
     return out
+
+
+# ---- per-document retrieval on the held-out questions ------------------------------------------------
+# Relevance is judged per document, not per chunk id: a question is answered when its document comes
+# back, whatever the chunking, so configurations that chunk differently are compared on one footing.
+# Rankings are exact cosine search over every chunk, reduced to distinct documents in order of their
+# best chunk (what a user sees as "the first 10 documents").
+
+
+def naive_chunks(docs: pl.DataFrame, size_chars: int, overlap_chars: int) -> pl.DataFrame:
+    """The recipe people write by hand: fixed windows of `size_chars` characters, `overlap_chars` shared.
+
+    Returns:
+        Columns `chunk_id, doc_id, text`.
+    """
+    step = size_chars - overlap_chars
+    rows = []
+    for doc_id, text in zip(docs["doc_id"], docs["text"], strict=True):
+        for i, start in enumerate(range(0, max(len(text) - overlap_chars, 1), step)):
+            piece = text[start : start + size_chars]
+            if piece.strip():
+                rows.append({"chunk_id": f"{doc_id}-n{i:05d}", "doc_id": doc_id, "text": piece})
+    return pl.DataFrame(rows, schema={"chunk_id": pl.String, "doc_id": pl.String, "text": pl.String})
+
+
+def rank_documents(
+    model: SentenceTransformer, chunks: pl.DataFrame, queries: Sequence[str], depth: int, batch_size: int = 64
+) -> list[list[str]]:
+    """For each query, the documents of its nearest chunks, best first, without repeats, at most `depth`.
+
+    Args:
+        chunks: columns `doc_id, text`.
+    """
+    c = model.encode(chunks["text"].to_list(), batch_size=batch_size, normalize_embeddings=True, convert_to_tensor=True)
+    q = model.encode(list(queries), batch_size=batch_size, normalize_embeddings=True, convert_to_tensor=True)
+    order = (q @ c.T).argsort(dim=1, descending=True).cpu().numpy()  # (n_queries, n_chunks)
+    doc_of = chunks["doc_id"].to_list()
+    out = []
+    for row in order:
+        seen: dict[str, None] = {}
+        for j in row:
+            seen.setdefault(doc_of[j])
+            if len(seen) == depth:
+                break
+        out.append(list(seen))
+    return out
+
+
+def document_metrics(
+    rankings: Sequence[Sequence[str]], relevant: Sequence[str], k_values: Sequence[int]
+) -> dict[str, float]:
+    """recall@k, MRR@10 and nDCG@10 with one relevant document per query.
+
+    Args:
+        rankings: per query, document ids best first (distinct).
+        relevant: per query, the document it was asked about.
+
+    Returns:
+        `{"recall@1": ..., "recall@5": ..., "recall@10": ..., "mrr@10": ..., "ndcg@10": ...}`, 4 decimals.
+    """
+    if not rankings:
+        raise ValueError("no queries to score")
+    ranks = [list(r).index(d) + 1 if d in r else None for r, d in zip(rankings, relevant, strict=True)]
+    n = len(ranks)
+    out = {f"recall@{k}": sum(1 for r in ranks if r is not None and r <= k) / n for k in sorted(set(k_values))}
+    out["mrr@10"] = sum(1 / r for r in ranks if r is not None and r <= 10) / n
+    # One relevant document: the ideal DCG is 1, so nDCG is the discounted gain at its rank.
+    out["ndcg@10"] = sum(1 / math.log2(r + 1) for r in ranks if r is not None and r <= 10) / n
+    return {k: round(v, 4) for k, v in out.items()}
+
+
+def question_metrics(
+    model: SentenceTransformer,
+    chunks: pl.DataFrame,
+    questions: pl.DataFrame,
+    k_values: Sequence[int],
+    batch_size: int = 64,
+) -> dict[str, float]:
+    """`model` over `chunks` answering the held-out `questions` (columns `query`, `doc_id`), per document."""
+    rankings = rank_documents(model, chunks, questions["query"].to_list(), max(max(k_values), 10), batch_size)
+    return document_metrics(rankings, questions["doc_id"].to_list(), k_values)
+
+
+@dataclass(frozen=True)
+class QuestionSet:
+    """The held-out questions and the masked held-out documents chunked two ways (ours and the naive recipe)."""
+
+    questions: pl.DataFrame
+    chunks: pl.DataFrame
+    """The platform's chunking (`data.chunk`, params `data.chunk`) of the masked documents."""
+    naive_chunks: pl.DataFrame
+    """Fixed character windows (params `evaluate.naive_chunk_chars` / `naive_overlap_chars`)."""
+
+    @classmethod
+    def load(cls, p: Params) -> QuestionSet:
+        """Read `eval_questions.parquet` and `eval_documents.parquet` (stage `questions`) and chunk the documents."""
+        from data.chunk import chunk_documents, load_tokenizer
+
+        docs = pl.read_parquet(paths.EVAL_DOCUMENTS)
+        ev = p.evaluate
+        return cls(
+            questions=pl.read_parquet(paths.EVAL_QUESTIONS),
+            chunks=chunk_documents(docs, load_tokenizer(), p.data.chunk).select("chunk_id", "doc_id", "text"),
+            naive_chunks=naive_chunks(docs, ev.naive_chunk_chars, ev.naive_overlap_chars),
+        )
+
+    def score(self, model: SentenceTransformer, p: Params, naive: bool = False) -> dict[str, float]:
+        """`model` answering the questions over our chunks (or the naive recipe's)."""
+        chunks = self.naive_chunks if naive else self.chunks
+        return question_metrics(model, chunks, self.questions, p.evaluate.k_values, p.evaluate.batch_size)

@@ -47,6 +47,16 @@ def test_metrics_agree_across_dvc_the_plot_and_the_register_report(pipeline: Pat
     report = _register_json(pipeline)
     with open(pipeline / "artifacts/plots/recall_at_k.csv") as f:
         plot = {int(row["k"]): row for row in csv.DictReader(f)}
+    for side in ("naive", "base", "finetuned"):  # the held-out questions, per document
+        scores = metrics["naive"] if side == "naive" else metrics["embedder"][side]
+        assert set(scores) == {"recall@1", "recall@5", "recall@10", "mrr@10", "ndcg@10"}
+        assert float(plot[10][side]) == pytest.approx(scores["recall@10"])
+        assert scores["recall@1"] <= scores["recall@5"] <= scores["recall@10"] and scores["mrr@10"] <= 1
+    assert set(metrics["headings"]) == {"base", "finetuned"}  # the heading queries stay as a second set
+    gains = report["embedder"]["versus_naive"]["gains"]
+    ours, naive = metrics["embedder"]["finetuned"]["recall@10"], metrics["naive"]["recall@10"]
+    assert gains["recall@10"] == pytest.approx(ours - naive)
+    assert f"{metrics['naive']['recall@10']}" in report["embedder"]["versus_naive"]["summary"]
     for side, gate_field in (("base", "base"), ("finetuned", "candidate")):
         recall = metrics["embedder"][side]
         assert recall["recall@1"] <= recall["recall@5"] <= recall["recall@10"], recall  # recall@k grows with k
@@ -56,6 +66,20 @@ def test_metrics_agree_across_dvc_the_plot_and_the_register_report(pipeline: Pat
         assert report["chat"][gate_field] == metrics["chat"][side]["eval_loss"]
     # LoRA on the held-out answers must lower their loss even after a few steps.
     assert metrics["chat"]["finetuned"]["eval_loss"] < metrics["chat"]["base"]["eval_loss"]
+
+
+def test_held_out_questions_are_plain_language_about_held_out_documents(pipeline: Path) -> None:
+    import polars as pl
+
+    questions = pl.read_parquet(pipeline / "artifacts/datasets/eval_questions.parquet")
+    masked = pl.read_parquet(pipeline / "artifacts/datasets/eval_documents.parquet")
+    train = pl.read_parquet(pipeline / "artifacts/datasets/embed_train.parquet")
+    assert questions.height > 0 and questions["query"].n_unique() == questions.height
+    assert set(questions["doc_id"]) <= set(masked["doc_id"])  # asked about held-out documents
+    assert not set(questions["doc_id"]) & set(train["doc_id"])  # which training never saw
+    text = dict(zip(masked["doc_id"], masked["text"], strict=True))
+    for r in questions.iter_rows(named=True):  # each question's sentence is cut out of what is searched
+        assert r["sentence"] not in " ".join(text[r["doc_id"]].split())
 
 
 def test_second_repro_runs_nothing(pipeline: Path) -> None:
@@ -74,27 +98,65 @@ def test_register_report_names_the_numbers_and_moves_the_alias(pipeline: Path) -
         assert r["promote"] is True and r["champion_version"] == r["version"]
 
 
-@pytest.fixture(scope="module")
-def strict_register(pipeline: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`python -m evaluation.register` again, in a second copy, with a gate no tiny candidate can pass.
+def _strict_copy(pipeline: Path, dest: Path) -> Path:
+    """A second copy for `python -m evaluation.register` with a gate no tiny candidate can pass.
 
     The copy shares the first run's inputs (symlinks to its models, datasets and metrics) and gets its own
     copy of the registry database, so the first copy's reports and `dvc status` stay untouched. (New
     model files still land in the first copy's `state/mlartifacts`: the experiment's artifact location is
     an absolute path fixed at creation; they go under new ids, nothing there is overwritten.)
     """
-    repo = copy_project(tmp_path_factory.mktemp("strict"))
+    repo = copy_project(dest)
     tiny = yaml.safe_load((repo / "profiles" / "tiny.yaml").read_text())
     # recall@10 cannot rise by more than 1.0, nor a loss fall by more than 100: both candidates must fail.
     tiny["gate"] |= {"embedder_min_gain": 1.0, "chat_min_gain": 100.0}
     (repo / "params.yaml").write_text(yaml.safe_dump(tiny))
-    for part in ("models", "datasets", "data", "metrics"):
+    for part in ("base", "models", "datasets", "data", "metrics"):
         (repo / "artifacts").mkdir(exist_ok=True)
         (repo / "artifacts" / part).symlink_to(pipeline / "artifacts" / part)
     (repo / "state").mkdir()
     shutil.copy(pipeline / "state" / "mlflow.db", repo / "state" / "mlflow.db")
+    return repo
+
+
+@pytest.fixture(scope="module")
+def strict_register(pipeline: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The strict gate over the first run's registry, where champions exist."""
+    repo = _strict_copy(pipeline, tmp_path_factory.mktemp("strict"))
     run([sys.executable, "-m", "evaluation.register"], repo, timeout=900)
     return repo
+
+
+def test_a_refused_candidate_with_no_champion_leaves_the_base_model_serving(
+    pipeline: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A new corpus must never leave the server with nothing to serve: with no champion (the aliases
+    removed, as on a fresh registry) and both candidates refused, the base models are registered and promoted."""
+    repo = _strict_copy(pipeline, tmp_path_factory.mktemp("fresh"))
+    forget = textwrap.dedent(
+        """
+        from mlflow import MlflowClient
+        from core.tracking import setup_mlflow
+
+        setup_mlflow()
+        for name in ("embedder", "chat"):
+            MlflowClient().delete_registered_model_alias(name, "champion")
+        """
+    )
+    run([sys.executable, "-c", forget], repo)
+    run([sys.executable, "-m", "evaluation.register"], repo, timeout=900)
+    report = _register_json(repo)
+    for name in ("embedder", "chat"):
+        r = report[name]
+        assert r["promote"] is False and r["promote_base"] is True, r
+        assert r["reasons"][-1] == "no champion to keep serving -> the base model is promoted instead"
+        assert r["champion_version"] == r["base_version"] == str(int(r["version"]) + 1)
+    script = (
+        "import json\nfrom core.registry import Registry\nreg = Registry()\n"
+        "print(json.dumps({n: reg.describe(n, 'champion').tags.get('variant') for n in ('embedder', 'chat')}))"
+    )
+    seen = json.loads(run([sys.executable, "-c", script], repo).stdout.strip().splitlines()[-1])
+    assert seen == {"embedder": "base", "chat": "base"}
 
 
 def test_strict_gate_refuses_and_leaves_the_champion(pipeline: Path, strict_register: Path) -> None:
@@ -106,6 +168,7 @@ def test_strict_gate_refuses_and_leaves_the_champion(pipeline: Path, strict_regi
         assert any("-> FAIL" in reason and "needs > " in reason for reason in r["reasons"]), r["reasons"]
         assert int(r["version"]) == int(first[name]["version"]) + 1  # registered, as a rejected version
         assert r["previous_champion_version"] == r["champion_version"] == first[name]["version"]
+        assert r["base_version"] is None  # a champion exists: it keeps serving
     # and the registry itself says so, read in a fresh process through core.registry
     script = textwrap.dedent(
         """
