@@ -2,7 +2,9 @@
 
 A candidate is promoted when it beats its base model on the held-out set by more than the
 configured margin, and is not worse than the current champion (scored on the same held-out set)
-by more than the tolerance. Pure functions: the decision is unit-tested without a registry.
+by more than the tolerance. When it is refused and there is no champion yet (a new corpus, a fresh
+registry), the base model is promoted instead: it scored at least as well, and a server must never be
+left with nothing to serve. Pure functions: the decision is unit-tested without a registry.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ class Decision:
     base: float
     champion: float | None
     reasons: list[str] = field(default_factory=list)
+    promote_base: bool = False
+    """The candidate was refused and nothing is served yet: register and promote the base model instead."""
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -63,4 +67,8 @@ def decide(
             f"{metric}: candidate {candidate:.4f} vs champion {champion:.4f} "
             f"({delta:+.4f}; tolerance {champion_tolerance}) -> {'pass' if ok_champion else 'FAIL'}"
         )
-    return Decision(ok_base and ok_champion, metric, higher_is_better, candidate, base, champion, reasons)
+    promote = ok_base and ok_champion
+    promote_base = not promote and champion is None
+    if promote_base:
+        reasons.append("no champion to keep serving -> the base model is promoted instead")
+    return Decision(promote, metric, higher_is_better, candidate, base, champion, reasons, promote_base)

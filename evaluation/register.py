@@ -27,7 +27,7 @@ from core.registry import Registry
 from core.tracking import lineage_tags, log_chat_model, log_datasets, log_embedder_model, resume_run, setup_mlflow
 from evaluation.chat_quality import heldout_loss
 from evaluation.gate import Decision, decide
-from evaluation.retrieval import retrieval_metrics
+from evaluation.retrieval import QuestionSet
 
 log = get_logger(__name__)
 
@@ -44,18 +44,22 @@ class Registered:
     model_uri: str
 
 
-def register_embedder(p: Params, registry: Registry, run_id: str, tags: dict[str, str]) -> Registered:
-    model = load_embedder(paths.EMBEDDER_MODEL, device="cpu")
+def register_embedder(
+    p: Params, registry: Registry, run_id: str, tags: dict[str, str], base: bool = False
+) -> Registered:
+    """Log the fine-tuned embedder (or, with `base`, the base one) into its training run and register it."""
+    model = load_embedder(paths.BASE_EMBEDDER if base else paths.EMBEDDER_MODEL, device="cpu")
     with resume_run(run_id):
         uri = log_embedder_model(
             model,
-            "embedder",
+            "embedder_base" if base else "embedder",
             example=["json: dumps", "How do I read a file line by line?"],
             pip_requirements=_pins("sentence-transformers", "transformers", "torch"),
         )
         log_datasets(
             {
                 "embed_train": (paths.EMBED_TRAIN, "training"),
+                "eval_questions": (paths.EVAL_QUESTIONS, "evaluation"),
                 "embed_eval_queries": (paths.EMBED_EVAL_QUERIES, "evaluation"),
                 "embed_eval_corpus": (paths.EMBED_EVAL_CORPUS, "evaluation"),
             }
@@ -63,14 +67,15 @@ def register_embedder(p: Params, registry: Registry, run_id: str, tags: dict[str
     return Registered(p.models.embedder_name, registry.register(uri, p.models.embedder_name, tags), uri)
 
 
-def register_chat(p: Params, registry: Registry, run_id: str, tags: dict[str, str]) -> Registered:
-    model, tok = load_chat(paths.CHAT_MODEL, device="cpu")
+def register_chat(p: Params, registry: Registry, run_id: str, tags: dict[str, str], base: bool = False) -> Registered:
+    """Log the fine-tuned chat model (or, with `base`, the base one) into its training run and register it."""
+    model, tok = load_chat(paths.BASE_CHAT if base else paths.CHAT_MODEL, device="cpu")
     tok.padding_side = "right"  # restore the saved default; serving sets what it needs
     with resume_run(run_id):
         uri = log_chat_model(
             model,
             tok,
-            "chat",
+            "chat_base" if base else "chat",
             example={"messages": [{"role": "user", "content": "What does json.dumps do?"}]},
             pip_requirements=_pins("transformers", "torch", "accelerate"),
         )
@@ -79,10 +84,8 @@ def register_chat(p: Params, registry: Registry, run_id: str, tags: dict[str, st
 
 
 def champion_score_embedder(p: Params, uri: str) -> float:
-    q, c = pl.read_parquet(paths.EMBED_EVAL_QUERIES), pl.read_parquet(paths.EMBED_EVAL_CORPUS)
-    return retrieval_metrics(load_embedder(uri), q, c, p.evaluate.k_values, p.evaluate.batch_size)[
-        p.gate.embedder_metric
-    ]
+    """The current champion on the same held-out questions and chunking as the candidate."""
+    return QuestionSet.load(p).score(load_embedder(uri), p)[p.gate.embedder_metric]
 
 
 def champion_score_chat(p: Params, uri: str) -> float:
@@ -120,7 +123,8 @@ class Candidate:
     higher_is_better: bool
     min_gain: float
     train_metrics: Path
-    register: Callable[[Params, Registry, str, dict[str, str]], Registered]
+    register: Callable[..., Registered]
+    """(params, registry, run_id, tags, base=False) -> the registered version."""
     champion_score: Callable[[Params, str], float]
 
 
@@ -147,11 +151,38 @@ def gate_one(
         min_gain=c.min_gain,
         champion_tolerance=p.gate.champion_tolerance,
     )
+    champion = promote(registry, reg, d, alias)
+    fallback = None
+    if d.promote_base:  # refused, with nothing served yet: the base model (no worse on this set) serves
+        base_scores = {f"heldout.{k.replace('@', '_at_')}": str(v) for k, v in scores["base"].items()}
+        base_reg = c.register(p, registry, run_id, tags | base_scores | {"variant": "base"}, base=True)
+        registry.tag(c.registered_name, base_reg.version, {"gate.decision": "promoted", "gate.reasons": d.reasons[-1]})
+        registry.promote(c.registered_name, alias, base_reg.version)
+        log.warning("promoted the base model=%s version=%s alias=%s", c.registered_name, base_reg.version, alias)
+        champion = fallback = base_reg.version
     return {
         **d.to_dict(),
         "version": reg.version,
+        "base_version": fallback,
         "previous_champion_version": old,
-        "champion_version": promote(registry, reg, d, alias),
+        "champion_version": champion,
+    }
+
+
+def versus_naive(p: Params, metrics: dict[str, Any]) -> dict[str, Any]:
+    """By how much the fine-tuned embedder over our chunks won or lost against the naive recipe, per metric.
+
+    Reported, not gated yet: the naive recipe is not a configuration the server can serve (its chunking
+    is not the index's). Serving the best retrieval configuration, naive included, is issue 14's next step.
+    """
+    naive, ours = metrics["naive"], metrics["embedder"]["finetuned"]
+    gains = {k: round(ours[k] - naive[k], 4) for k in naive if k in ours}
+    metric = p.gate.embedder_metric
+    verdict = "beats" if gains[metric] > 0 else "does not beat"
+    return {
+        "gains": gains,
+        "summary": f"fine-tuned {metric} {ours[metric]} {verdict} the naive recipe's {naive[metric]} "
+        f"({gains[metric]:+.4f}) on the held-out questions",
     }
 
 
@@ -184,12 +215,17 @@ def main() -> None:
         ),
     ]
     report: dict[str, Any] = {c.kind: gate_one(p, registry, c, metrics[c.kind], tags) for c in candidates}
+    report["embedder"]["versus_naive"] = versus_naive(p, metrics)
     write_json(report, paths.REGISTER_REPORT)
     for name, r in report.items():
         verdict = "PROMOTED" if r["promote"] else "not promoted"
+        if r["base_version"] is not None:
+            verdict += f" (base model registered as version {r['base_version']} and promoted)"
         print(f"{name}: version {r['version']} {verdict}; {p.models.champion_alias} is v{r['champion_version']}")
         for reason in r["reasons"]:
             print(f"  - {reason}")
+        if "versus_naive" in r:
+            print(f"  - {r['versus_naive']['summary']}")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,16 @@ def test_not_better_than_base_is_rejected() -> None:
     assert "FAIL" in d.reasons[0]
 
 
+def test_a_refused_candidate_with_no_champion_leaves_the_base_to_serve() -> None:
+    first = decide("recall@10", 0.6, 0.7, None, higher_is_better=True, min_gain=0.0, champion_tolerance=0.0)
+    assert not first.promote and first.promote_base
+    assert first.reasons[-1] == "no champion to keep serving -> the base model is promoted instead"
+    later = decide("recall@10", 0.6, 0.7, 0.7, higher_is_better=True, min_gain=0.0, champion_tolerance=0.0)
+    assert not later.promote and not later.promote_base  # the champion keeps serving
+    won = decide("recall@10", 0.8, 0.7, None, higher_is_better=True, min_gain=0.0, champion_tolerance=0.0)
+    assert won.promote and not won.promote_base
+
+
 def test_min_gain_is_required() -> None:
     d = decide("recall@10", 0.72, 0.7, None, higher_is_better=True, min_gain=0.05, champion_tolerance=0.0)
     assert not d.promote
