@@ -178,6 +178,10 @@ class QuestionParams(_Section):
     max_per_document: int = Field(default=3, ge=1)
     """At most this many questions about one document, so long documents do not dominate the score."""
     max_questions: int = Field(default=300, ge=1)
+    train_per_document: int = Field(default=8, ge=1)
+    """Embedder training: questions about one training document at most."""
+    max_train_pairs: int = Field(default=2000, ge=1)
+    """Embedder training: question -> passage pairs at most (the training documents only)."""
 
     @model_validator(mode="after")
     def _range(self) -> QuestionParams:
@@ -221,6 +225,16 @@ class TrainEmbedderParams(_Section):
     max_seq_length: int = Field(default=128, ge=16, le=512)
     """Token cap on training texts (speed); the saved model keeps its base's inference window."""
     logging_steps: int = Field(default=10, ge=1)
+    pairs: tuple[Literal["questions", "headings"], ...] = ("questions",)
+    """Training pairs: `questions` (held-in questions -> passage, data/questions.py) and/or `headings`
+    (section heading -> passage, data/datasets.py)."""
+
+    @field_validator("pairs")
+    @classmethod
+    def _some_pairs(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v:
+            raise ValueError("name at least one kind of training pairs: questions, headings")
+        return v
 
 
 class TrainChatParams(_Section):

@@ -31,6 +31,7 @@ DATASETS_STATS = DATASETS / "stats.json"
 EVAL_QUESTIONS = DATASETS / "eval_questions.parquet"
 EVAL_DOCUMENTS = DATASETS / "eval_documents.parquet"
 QUESTIONS_STATS = DATASETS / "questions_stats.json"
+EMBED_TRAIN_QUESTIONS = DATASETS / "embed_train_questions.parquet"
 
 EMBEDDER_MODEL = ARTIFACTS / "models" / "embedder"
 CHAT_MODEL = ARTIFACTS / "models" / "chat"

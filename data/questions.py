@@ -21,6 +21,11 @@ hash so the files are byte-identical across runs.
 
     eval_questions   query_id, query, doc_id, source, sentence, start, end   (span in the original text)
     eval_documents   the held-out documents with those sentences removed (doc_id, source, title, text)
+    embed_train_questions   anchor, positive, doc_id   <- the training documents, for the embedder
+
+The training pairs are the same kind of question about the training documents (never a held-out one),
+with the chunk that held its sentence as the positive, that sentence cut out of it: the embedder learns
+question -> passage in the form it is judged on, not heading -> passage.
 """
 
 from __future__ import annotations
@@ -163,10 +168,35 @@ def mask_documents(docs: pl.DataFrame, questions: pl.DataFrame) -> pl.DataFrame:
     return docs.with_columns(text=pl.Series(texts, dtype=pl.String)).select("doc_id", "source", "title", "text")
 
 
-def held_out_documents(docs: pl.DataFrame, chunks: pl.DataFrame, p: Params) -> pl.DataFrame:
-    """The documents the datasets stage holds out (the same seeded split of the chunked documents)."""
-    _, eval_ids = split_documents(chunks["doc_id"].to_list(), p.data.datasets.eval_fraction, p.seed)
-    return docs.filter(pl.col("doc_id").is_in(eval_ids))
+def _flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+def training_pairs(questions: pl.DataFrame, chunks: pl.DataFrame) -> pl.DataFrame:
+    """(question, the chunk of its document that holds its sentence, with the sentence cut out) pairs.
+
+    Questions whose sentence no chunk holds whole (it straddles two chunks) are dropped.
+
+    Returns:
+        Columns `anchor, positive, doc_id`, in the questions' order.
+    """
+    by_doc: dict[str, list[str]] = {}
+    for doc_id, text in zip(chunks["doc_id"], chunks["text"], strict=True):
+        by_doc.setdefault(doc_id, []).append(_flat(text))
+    rows = []
+    for r in questions.iter_rows(named=True):
+        holder = next((c for c in by_doc.get(r["doc_id"], []) if r["sentence"] in c), None)
+        if holder is not None:
+            rest = _flat(holder.replace(r["sentence"], " ", 1))
+            if rest:
+                rows.append({"anchor": r["query"], "positive": rest, "doc_id": r["doc_id"]})
+    return pl.DataFrame(rows, schema={"anchor": pl.String, "positive": pl.String, "doc_id": pl.String})
+
+
+def split(docs: pl.DataFrame, chunks: pl.DataFrame, p: Params) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(training, held-out) documents: the datasets stage's seeded split of the chunked documents."""
+    train_ids, eval_ids = split_documents(chunks["doc_id"].to_list(), p.data.datasets.eval_fraction, p.seed)
+    return docs.filter(pl.col("doc_id").is_in(train_ids)), docs.filter(pl.col("doc_id").is_in(eval_ids))
 
 
 def main() -> None:
@@ -174,21 +204,28 @@ def main() -> None:
     for need in (paths.DOCUMENTS, paths.CHUNKS):
         if not need.exists():
             raise SystemExit(f"{need} does not exist: run `dvc repro chunk` first")
+    chunks = pl.read_parquet(paths.CHUNKS)
     try:
-        held = held_out_documents(pl.read_parquet(paths.DOCUMENTS), pl.read_parquet(paths.CHUNKS), p)
+        train, held = split(pl.read_parquet(paths.DOCUMENTS), chunks, p)
     except DatasetError as e:
         raise SystemExit(f"data.questions: {e}") from None
-    questions = build_questions(held, p.data.questions, p.seed)
+    cfg = p.data.questions
+    questions = build_questions(held, cfg, p.seed)
     if questions.is_empty():
         raise SystemExit(
             f"data.questions: none of the {held.height} held-out documents has a prose sentence of "
             f"{p.data.questions.min_words}-{p.data.questions.max_words} words to ask about; lower "
             "data.questions.min_words or data.questions.min_plain_fraction"
         )
+    train_cfg = cfg.model_copy(
+        update={"max_per_document": cfg.train_per_document, "max_questions": cfg.max_train_pairs}
+    )
+    pairs = training_pairs(build_questions(train, train_cfg, p.seed), chunks)
     write_parquet(questions, paths.EVAL_QUESTIONS)
     write_parquet(mask_documents(held, questions), paths.EVAL_DOCUMENTS)
+    write_parquet(pairs, paths.EMBED_TRAIN_QUESTIONS)
     stats = {"questions": questions.height, "documents": held.height,
-             "documents_with_questions": questions["doc_id"].n_unique()}  # fmt: skip
+             "documents_with_questions": questions["doc_id"].n_unique(), "train_pairs": pairs.height}  # fmt: skip
     write_json(stats, paths.QUESTIONS_STATS)
     log.info("held-out questions %s out=%s", stats, paths.EVAL_QUESTIONS)
 

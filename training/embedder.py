@@ -1,5 +1,9 @@
 """Stage `train_embedder`: fine-tune the base embedder on (query, passage) pairs.
 
+The pairs are `train_embedder.pairs`: held-in questions -> the passage that answered them (the form the
+gate judges, data/questions.py) and/or section headings -> passage (data/datasets.py), shuffled together
+by the trainer's seeded sampler.
+
 sentence-transformers' trainer with MultipleNegativesRankingLoss: every other passage in the batch
 is a negative, so no mined negatives are needed. The NO_DUPLICATES sampler keeps two pairs with the
 same query (two chunks of one section) out of one batch, where one would be a false negative.
@@ -32,19 +36,30 @@ from training.common import TrackerCallback, seed_everything, swap_dir, write_lo
 log = get_logger(__name__)
 
 
-def train_embedder(p: Params, base_dir: Path, train_file: Path, out_dir: Path) -> dict[str, Any]:
-    """Fine-tune the sentence-transformers model in `base_dir` on `train_file`; save it to `out_dir`.
+PAIR_FILES = {"questions": paths.EMBED_TRAIN_QUESTIONS, "headings": paths.EMBED_TRAIN}
+
+
+def read_pairs(kinds: tuple[str, ...], files: dict[str, Path] = PAIR_FILES) -> pl.DataFrame:
+    """The training pairs of the chosen kinds, one frame (`anchor`, `positive`, `kind`)."""
+    return pl.concat(
+        [pl.read_parquet(files[k]).select("anchor", "positive").with_columns(kind=pl.lit(k)) for k in kinds]
+    )
+
+
+def train_embedder(p: Params, base_dir: Path, pairs: pl.DataFrame, out_dir: Path) -> dict[str, Any]:
+    """Fine-tune the sentence-transformers model in `base_dir` on `pairs`; save it to `out_dir`.
 
     Returns:
         Training summary (final loss, steps, seconds, MLflow run id).
     """
     cfg = p.train_embedder
     seed_everything(p.seed)
-    pairs = pl.read_parquet(train_file).select("anchor", "positive")
+    counts = {str(k): int(n) for k, n in pairs.group_by("kind").len().sort("kind").iter_rows()}
+    pairs = pairs.select("anchor", "positive")
     if pairs.height < cfg.batch_size:
         raise ValueError(
-            f"{train_file} has {pairs.height} training pairs, fewer than train_embedder.batch_size={cfg.batch_size}: "
-            "use a larger corpus or a smaller batch size"
+            f"train_embedder.pairs={list(cfg.pairs)} gives {pairs.height} training pairs, fewer than "
+            f"train_embedder.batch_size={cfg.batch_size}: use a larger corpus, more pair kinds or a smaller batch size"
         )
     model = SentenceTransformer(str(base_dir), device=pick_device())
     # Train on chunks cut to `max_seq_length` tokens (the cost of a step is linear in it: 32 pairs at
@@ -67,8 +82,8 @@ def train_embedder(p: Params, base_dir: Path, train_file: Path, out_dir: Path) -
         data_seed=p.seed,
         disable_tqdm=False,
     )
-    config = {"seed": p.seed, "base": p.models.embedder_base, "train_pairs": pairs.height, **cfg.model_dump()}
-    tags = lineage_tags({"embed_train": train_file}) | {"stage": "train_embedder"}
+    config = {"seed": p.seed, "base": p.models.embedder_base, "train_pairs": counts, **cfg.model_dump()}
+    tags = lineage_tags({f"embed_train_{k}": PAIR_FILES[k] for k in cfg.pairs}) | {"stage": "train_embedder"}
     with tracked_run("train_embedder", config, tags) as tracker:
         trainer = SentenceTransformerTrainer(
             model=model,
@@ -88,6 +103,7 @@ def train_embedder(p: Params, base_dir: Path, train_file: Path, out_dir: Path) -
             "steps": int(result.global_step),
             "train_seconds": round(seconds, 1),
             "train_pairs": pairs.height,
+            "train_pairs_by_kind": counts,
             "run_id": tracker.run_id,
         }
         tracker.log_metrics({"final_train_loss": summary["train_loss"], "train_seconds": seconds})
@@ -97,7 +113,8 @@ def train_embedder(p: Params, base_dir: Path, train_file: Path, out_dir: Path) -
 
 
 def main() -> None:
-    summary = train_embedder(params(), paths.BASE_EMBEDDER, paths.EMBED_TRAIN, paths.EMBEDDER_MODEL)
+    p = params()
+    summary = train_embedder(p, paths.BASE_EMBEDDER, read_pairs(p.train_embedder.pairs), paths.EMBEDDER_MODEL)
     write_json(summary, paths.TRAIN_EMBEDDER_METRICS)
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import polars as pl
 import pytest
 
 from core.config import QuestionParams
-from data.questions import as_query, build_questions, mask_documents, sentences
+from data.questions import as_query, build_questions, mask_documents, sentences, training_pairs
 from evaluation.retrieval import document_metrics, naive_chunks
+from training.embedder import read_pairs
 
 CFG = QuestionParams(min_words=5, max_words=30, min_plain_fraction=0.8, max_per_document=2, max_questions=10)
 
@@ -108,3 +111,33 @@ def test_naive_chunks_are_fixed_windows_with_overlap() -> None:
     assert chunks["chunk_id"].n_unique() == 3
     short = naive_chunks(pl.DataFrame({"doc_id": ["s"], "text": ["tiny"]}), 1000, 200)
     assert short["text"].to_list() == ["tiny"]
+
+
+def test_training_pairs_take_the_chunk_that_held_the_sentence_without_it() -> None:
+    questions = pl.DataFrame(
+        {
+            "query": ["How do I open the file?", "Straddles two chunks"],
+            "doc_id": ["d1", "d1"],
+            "sentence": ["Open the file.", "This sentence spans chunks."],
+        }
+    )
+    chunks = pl.DataFrame(
+        {
+            "doc_id": ["d1", "d1", "d2"],
+            "text": ["Intro line.\nOpen the   file.\nThen read it.", "This sentence", "Open the file."],
+        }
+    )
+    pairs = training_pairs(questions, chunks)
+    assert pairs.to_dicts() == [
+        {"anchor": "How do I open the file?", "positive": "Intro line. Then read it.", "doc_id": "d1"}
+    ]
+
+
+def test_embedder_training_reads_the_chosen_pair_kinds(tmp_path: Path) -> None:
+    files = {}
+    for kind in ("questions", "headings"):
+        files[kind] = tmp_path / f"{kind}.parquet"
+        pl.DataFrame({"anchor": [f"{kind} a"], "positive": ["p"], "doc_id": ["d"]}).write_parquet(files[kind])
+    assert read_pairs(("questions",), files)["anchor"].to_list() == ["questions a"]
+    both = read_pairs(("questions", "headings"), files)
+    assert both["kind"].to_list() == ["questions", "headings"] and both.columns == ["anchor", "positive", "kind"]

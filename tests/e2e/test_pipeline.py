@@ -74,9 +74,11 @@ def test_held_out_questions_are_plain_language_about_held_out_documents(pipeline
     questions = pl.read_parquet(pipeline / "artifacts/datasets/eval_questions.parquet")
     masked = pl.read_parquet(pipeline / "artifacts/datasets/eval_documents.parquet")
     train = pl.read_parquet(pipeline / "artifacts/datasets/embed_train.parquet")
+    pairs = pl.read_parquet(pipeline / "artifacts/datasets/embed_train_questions.parquet")
     assert questions.height > 0 and questions["query"].n_unique() == questions.height
     assert set(questions["doc_id"]) <= set(masked["doc_id"])  # asked about held-out documents
     assert not set(questions["doc_id"]) & set(train["doc_id"])  # which training never saw
+    assert pairs.height > 0 and not set(pairs["doc_id"]) & set(masked["doc_id"])  # trained on training documents only
     text = dict(zip(masked["doc_id"], masked["text"], strict=True))
     for r in questions.iter_rows(named=True):  # each question's sentence is cut out of what is searched
         assert r["sentence"] not in " ".join(text[r["doc_id"]].split())
