@@ -103,6 +103,7 @@ class ChatEngine:
             self._health.reset()
             self._thread = threading.Thread(target=self._scheduler.run, name="chat-engine", daemon=True)
             self._thread.start()
+            self._report_load()  # the gauges exist (at 0) from the start, not from the first request
 
     def stop(self) -> None:
         """Stop the scheduler; requests still queued or running fail with `Overloaded`."""

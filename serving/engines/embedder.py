@@ -171,6 +171,7 @@ class EmbedderEngine:
 
     def warmup(self) -> None:
         self.embed_sync(["warm up"])
+        self._report_load()  # the gauges exist (at 0) from the start, not from the first request
 
     def load(self) -> dict[str, int]:
         """Texts in the forward pass now, texts queued, and the current cap on a pass."""

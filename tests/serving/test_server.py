@@ -282,6 +282,9 @@ def test_status_says_what_is_served_and_why_ready(http: httpx.Client, server: Se
     models = {m["id"]: m["version"] for m in http.get("/v1/models").json()["data"]}
     assert s["models"]["chat"]["version"] == models["chat"] and s["models"]["chat"]["alias"] == "champion"
     assert s["models"]["embedder"]["version"] == models["embedder"]
+    metrics = http.get("/metrics").text  # the gauges exist before any request needs them
+    for engine in ("chat", "embedder"):
+        assert f'modelplatform_running{{engine="{engine}"}}' in metrics, engine
     manifest = json.loads((server.project / "artifacts/index/manifest.json").read_text())
     assert s["index"] == manifest["collection"] and str(manifest["embedder_version"]) == models["embedder"]
 
