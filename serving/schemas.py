@@ -16,8 +16,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from core.config import ServingParams
 from core.errors import InvalidRequest
+from core.serving_params import ServingParams
 from serving.engines.types import Completion, SamplingParams, SearchHit
 
 

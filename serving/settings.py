@@ -1,6 +1,6 @@
 """Serving settings: `params.yaml`'s `serving` section plus environment overrides, read in one place.
 
-Every field of `core.config.ServingParams` can be overridden by `SERVING_<FIELD>` (upper case), e.g.
+Every field of `core.serving_params.ServingParams` can be overridden by `SERVING_<FIELD>` (upper case), e.g.
 `SERVING_API_KEYS=key1,key2` or `SERVING_CHAT_MAX_BATCH_SIZE=8`; the value is validated like the file's.
 The registry comes from `MLFLOW_TRACKING_URI` (via `core.config.tracking_uri`), the Chroma index from
 `params.yaml`'s `index` section, whose `chroma_host`/`chroma_port`/`chroma_path` the server also takes from
@@ -19,8 +19,9 @@ from typing import Any, TypeVar
 import torch
 from pydantic import BaseModel, ValidationError
 
-from core.config import ConfigError, IndexParams, Params, ServingParams, load_params, tracking_uri
+from core.config import ConfigError, IndexParams, Params, load_params, tracking_uri
 from core.paths import PROJECT_ROOT
+from core.serving_params import ServingParams
 
 ENV_PREFIX = "SERVING_"
 S = TypeVar("S", bound=BaseModel)

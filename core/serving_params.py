@@ -1,0 +1,79 @@
+"""The `serving:` section of `params.yaml`: the server's knobs, validated like every section.
+
+Part of `core.config.Params` (loaded and checked there), kept in its own module because it is the
+largest section and only the server reads it. `serving/settings.py` applies `SERVING_<NAME>` overrides.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from core.sections import Section
+
+
+class ServingParams(Section):
+    """Serving knobs (`bentoml serve`); every one can be overridden by `SERVING_<NAME>` (serving/settings.py)."""
+
+    chat_alias: str = "champion"
+    """Registry alias served for `models.chat_name` (e.g. `challenger` to try a candidate)."""
+    embedder_alias: str = "champion"
+    """Registry alias served for `models.embedder_name`; the active Chroma index must match its version."""
+    cache_dir: str = "state/serving-cache"
+    """Downloaded model versions, one folder per name/version, so a restart works without the registry."""
+    chat_max_batch_size: int = Field(default=16, ge=1, le=256)
+    """Sequences decoded together per step (continuous batching slots)."""
+    chat_max_queue: int = Field(default=64, ge=0)
+    """Requests waiting for a slot; beyond this a request gets 429 with Retry-After."""
+    chat_max_context_tokens: int = Field(default=2048, ge=64)
+    """Cap on prompt + max_tokens (the model's own window is the other cap); KV memory grows with it."""
+    chat_max_tokens: int = Field(default=512, ge=1)
+    """Largest `max_tokens` a request may ask for."""
+    chat_default_max_tokens: int = Field(default=256, ge=1)
+    """`max_tokens` when the request gives none."""
+    embed_max_batch_size: int = Field(default=32, ge=1)
+    """Texts per embedder forward pass (micro-batching across requests)."""
+    embed_max_wait_ms: float = Field(default=5.0, ge=0)
+    """How long the first text of a batch waits for company once the previous pass had some (a lone client
+    never waits); a wait window, never a shedding deadline."""
+    embed_max_queue: int = Field(default=4096, ge=1)
+    """Texts waiting to be embedded; beyond this a request gets 429 with Retry-After."""
+    embed_max_inputs: int = Field(default=256, ge=1)
+    """Texts per embeddings request; more is 413."""
+    max_body_bytes: int = Field(default=2_000_000, ge=1024)
+    """Request bodies over this are 413."""
+    request_timeout_s: float = Field(default=120.0, gt=0)
+    """Per-request deadline (queue + work); past it the request gets 504 and frees its slot."""
+    retry_after_s: int = Field(default=1, ge=1)
+    """`Retry-After` sent with 429/503."""
+    rag_top_k: int = Field(default=4, ge=1)
+    """Passages given to the chat model when a RAG request names no top_k."""
+    max_top_k: int = Field(default=50, ge=1)
+    api_keys: tuple[str, ...] = ()
+    """Bearer keys accepted (empty: no auth). Prefer the `SERVING_API_KEYS` env var (comma-separated) to the file."""
+    rate_limit_per_minute: int | None = Field(default=None, ge=1)
+    """Requests per minute per API key (per client address without auth); None: unlimited."""
+    log_text: bool = False
+    """Log prompt and answer text with each request (off: sizes only)."""
+    torch_threads: int | None = Field(default=None, ge=1)
+    """torch intra-op threads in the server (None: torch's default)."""
+    resources_gpu: Literal["auto"] | Annotated[int, Field(ge=0)] = "auto"
+    """GPUs claimed in `@bentoml.service(resources=...)`: `auto` claims 1 where a CUDA GPU is visible and none
+    elsewhere (the models then run on the CPU); an integer forces it, e.g. 1 when building a bento on a CPU
+    machine for a GPU cluster."""
+    resources_gpu_type: str | None = None
+    """GPU type for BentoCloud/Kubernetes scheduling (e.g. `nvidia-l4`); only declared with a GPU."""
+    resources_cpu: str | None = "2"
+    """CPU cores requested (`resources.cpu`)."""
+    resources_memory: str | None = "4Gi"
+    """Memory requested (`resources.memory`): both models, their KV cache and the batch buffers."""
+
+    @model_validator(mode="after")
+    def _defaults_within_caps(self) -> ServingParams:
+        if self.chat_default_max_tokens > self.chat_max_tokens:
+            raise ValueError(
+                f"chat_default_max_tokens ({self.chat_default_max_tokens}) must be <= chat_max_tokens "
+                f"({self.chat_max_tokens})"
+            )
+        return self
