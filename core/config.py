@@ -21,10 +21,11 @@ from typing import Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from core.retrieval_params import RetrievalParams
 from core.sections import Section
 from core.serving_params import ServingParams
 
-__all__ = ["ServingParams"]  # a section of Params, defined beside it for size; imported from here too
+__all__ = ["RetrievalParams", "ServingParams"]  # sections of Params, defined beside it for size
 
 
 class ConfigError(ValueError):
@@ -211,6 +212,8 @@ class ModelsParams(Section):
     chat_name: str = "chat"
     """Registered model name in the MLflow registry."""
     embedder_name: str = "embedder"
+    retrieval_name: str = "retrieval"
+    """The registered retrieval configuration (core/retrieval_unit.py): embedder version, mode, lexical index."""
     champion_alias: str = "champion"
 
 
@@ -321,6 +324,7 @@ class Params(Section):
     train_chat: TrainChatParams = TrainChatParams()
     evaluate: EvaluateParams = EvaluateParams()
     gate: GateParams = GateParams()
+    retrieval: RetrievalParams = RetrievalParams()
     index: IndexParams = IndexParams()
     tracking: TrackingParams = TrackingParams()
     serving: ServingParams = ServingParams()

@@ -45,6 +45,7 @@ RECALL_PLOT = ARTIFACTS / "plots" / "recall_at_k.csv"
 ANSWERS_REPORT = ARTIFACTS / "reports" / "answers.json"
 REGISTER_REPORT = ARTIFACTS / "reports" / "register.json"
 INDEX_MANIFEST = ARTIFACTS / "index" / "manifest.json"
+LEXICAL_INDEX = ARTIFACTS / "index" / "lexical"
 
 MODEL_CACHE = environment().cache
 """Downloaded wheels and other inputs shared by every copy of the project on this machine."""

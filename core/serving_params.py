@@ -20,6 +20,9 @@ class ServingParams(Section):
     """Registry alias served for `models.chat_name` (e.g. `challenger` to try a candidate)."""
     embedder_alias: str = "champion"
     """Registry alias served for `models.embedder_name`; the active Chroma index must match its version."""
+    retrieval_alias: str = "champion"
+    """Registry alias served for `models.retrieval_name`: the search mode and lexical index; it must name the
+    served embedder version."""
     cache_dir: str = "state/serving-cache"
     """Downloaded model versions, one folder per name/version, so a restart works without the registry."""
     chat_max_batch_size: int = Field(default=16, ge=1, le=256)

@@ -8,6 +8,7 @@ W&B artifacts are fragile (wandb #5712, #3098). Every MLflow run call of the pip
     resume_run           reopen the run that trained a model (evaluate, register)
     log_heldout_metrics  held-out scores onto that run
     log_embedder_model / log_chat_model / log_datasets   the model and its lineage, inside a run
+    log_retrieval_model  the retrieval unit (config + lexical index), in a run of its own
 
 Registering, tagging and promoting versions is `core.registry`'s job.
 """
@@ -218,6 +219,31 @@ def log_chat_model(
         input_example=dict(example),
         pip_requirements=pip_requirements,
     )
+    return str(info.model_uri)
+
+
+def log_retrieval_model(
+    folder: Path, run_name: str, config: Mapping[str, Any], tags: Mapping[str, str], pip_requirements: list[str]
+) -> str:
+    """Log a retrieval unit (core/retrieval_unit.py) as a pyfunc, in a run of its own with `config` as params.
+
+    Returns:
+        The logged model's URI (`models:/<model_id>`), for `core.registry.Registry.register`.
+    """
+    import mlflow.pyfunc
+
+    from core.retrieval_unit import ARTIFACT, LexicalSearchModel
+
+    setup_mlflow()
+    with mlflow.start_run(run_name=run_name, tags=dict(tags)):
+        mlflow.log_params(_flatten(config))
+        info = mlflow.pyfunc.log_model(
+            name="retrieval",
+            python_model=LexicalSearchModel(),
+            artifacts={ARTIFACT: str(folder)},
+            input_example=["How do I read a file line by line?"],
+            pip_requirements=pip_requirements,
+        )
     return str(info.model_uri)
 
 

@@ -1,13 +1,16 @@
 """Stage `evaluate`: score the base and fine-tuned models on the held-out sets.
 
 Writes DVC metrics (`artifacts/metrics/evaluate.json`):
-    embedder.{base,finetuned}   held-out questions, per document, over our chunking (the gate reads these)
+    embedder.{base,finetuned}   held-out questions, per document, dense search over our chunking (the gate
+                                reads these)
     naive                       the naive recipe on the same questions: base embedder, fixed 1000-character
                                 windows with 200 of overlap, exact cosine, first distinct documents
+    lexical                     BM25 over our chunking (core/lexical.py)
+    hybrid.{base,finetuned}     dense and BM25 fused by reciprocal rank (core/fusion.py, params `retrieval`)
     headings.{base,finetuned}   the heading queries, per chunk id (a second set, kept for comparison)
     chat.{base,finetuned}       held-out answer loss, perplexity, token F1
-the recall@k plot (naive, base, fine-tuned), a sample of generated answers for a person to read, and
-logs the fine-tuned models' scores into their training runs in MLflow.
+the recall@k plot (naive, dense base and fine-tuned, lexical, hybrid), a sample of generated answers for a
+person to read, and logs the fine-tuned models' scores into their training runs in MLflow.
 """
 
 from __future__ import annotations
@@ -36,23 +39,28 @@ def evaluate_embedders(p: Params) -> dict[str, Any]:
     """Every retrieval configuration on the held-out questions, and both embedders on the heading queries."""
     qs = QuestionSet.load(p)
     queries, corpus = pl.read_parquet(paths.EMBED_EVAL_QUERIES), pl.read_parquet(paths.EMBED_EVAL_CORPUS)
-    questions: dict[str, dict[str, float]] = {}
+    modes: dict[str, dict[str, dict[str, float]]] = {}
     headings: dict[str, dict[str, float]] = {}
+    naive: dict[str, float] = {}
     for name, src in (("base", paths.BASE_EMBEDDER), ("finetuned", paths.EMBEDDER_MODEL)):
         model = load_embedder(src)
         if name == "base":
-            questions["naive"] = qs.score(model, p, naive=True)
-        questions[name] = qs.score(model, p)
+            naive = qs.score(model, p, naive=True)
+        modes[name] = qs.score_modes(model, p)
         headings[name] = retrieval_metrics(model, queries, corpus, p.evaluate.k_values, p.evaluate.batch_size)
         del model
-    for name, m in questions.items():
-        log.info("questions config=%s %s", name, " ".join(f"{k}={v}" for k, v in m.items()))
+    log.info("questions config=naive %s", " ".join(f"{k}={v}" for k, v in naive.items()))
+    for name, by_mode in modes.items():
+        for mode, m in by_mode.items():
+            log.info("questions config=%s/%s %s", mode, name, " ".join(f"{k}={v}" for k, v in m.items()))
     log.info(
         "held-out questions=%d chunks=%d naive_chunks=%d", qs.questions.height, qs.chunks.height, qs.naive_chunks.height
     )
     return {
-        "embedder": {"base": questions["base"], "finetuned": questions["finetuned"]},
-        "naive": questions["naive"],
+        "embedder": {name: m["dense"] for name, m in modes.items()},
+        "naive": naive,
+        "lexical": modes["base"]["lexical"],
+        "hybrid": {name: m["hybrid"] for name, m in modes.items()},
         "headings": headings,
     }
 
@@ -79,9 +87,14 @@ def _log_to_training_run(run_file: Path, metrics: dict[str, float]) -> None:
 
 
 def write_recall_plot(retrieval: dict[str, Any], k_values: tuple[int, ...]) -> None:
-    """recall@k on the held-out questions for the naive recipe, the base and the fine-tuned embedder."""
+    """recall@k on the held-out questions: the naive recipe, dense (base, fine-tuned), lexical, hybrid (fine-tuned)."""
     paths.RECALL_PLOT.parent.mkdir(parents=True, exist_ok=True)
-    rows = {"naive": retrieval["naive"], **retrieval["embedder"]}
+    rows = {
+        "naive": retrieval["naive"],
+        **retrieval["embedder"],
+        "lexical": retrieval["lexical"],
+        "hybrid": retrieval["hybrid"]["finetuned"],
+    }
     with open(paths.RECALL_PLOT, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["k", *rows])

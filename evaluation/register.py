@@ -4,12 +4,14 @@
 The model is logged into the run that trained it, with a signature, an input example, lineage tags
 (git commit, data md5s) and dataset lineage records for the datasets it was trained and scored on
 (`core.tracking`); registering, tagging and moving the alias go through `core.registry`. The decision
-and its reasons go to `artifacts/reports/register.json` and onto the model version.
+and its reasons go to `artifacts/reports/register.json` and onto the model version. Last, the
+retrieval configuration over the champion embedder is chosen and registered (evaluation/register_retrieval.py).
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import version
@@ -27,6 +29,7 @@ from core.registry import Registry
 from core.tracking import lineage_tags, log_chat_model, log_datasets, log_embedder_model, resume_run, setup_mlflow
 from evaluation.chat_quality import heldout_loss
 from evaluation.gate import Decision, decide
+from evaluation.register_retrieval import RetrievalRegisterError, register_retrieval, versus_naive
 from evaluation.retrieval import QuestionSet
 
 log = get_logger(__name__)
@@ -169,23 +172,6 @@ def gate_one(
     }
 
 
-def versus_naive(p: Params, metrics: dict[str, Any]) -> dict[str, Any]:
-    """By how much the fine-tuned embedder over our chunks won or lost against the naive recipe, per metric.
-
-    Reported, not gated yet: the naive recipe is not a configuration the server can serve (its chunking
-    is not the index's). Serving the best retrieval configuration, naive included, is issue 14's next step.
-    """
-    naive, ours = metrics["naive"], metrics["embedder"]["finetuned"]
-    gains = {k: round(ours[k] - naive[k], 4) for k in naive if k in ours}
-    metric = p.gate.embedder_metric
-    verdict = "beats" if gains[metric] > 0 else "does not beat"
-    return {
-        "gains": gains,
-        "summary": f"fine-tuned {metric} {ours[metric]} {verdict} the naive recipe's {naive[metric]} "
-        f"({gains[metric]:+.4f}) on the held-out questions",
-    }
-
-
 def main() -> None:
     p = params()
     setup_mlflow()
@@ -215,9 +201,20 @@ def main() -> None:
         ),
     ]
     report: dict[str, Any] = {c.kind: gate_one(p, registry, c, metrics[c.kind], tags) for c in candidates}
-    report["embedder"]["versus_naive"] = versus_naive(p, metrics)
+    try:
+        report["retrieval"] = register_retrieval(p, registry, metrics, report["embedder"], tags)
+    except RetrievalRegisterError as e:
+        write_json(report, paths.REGISTER_REPORT)
+        sys.exit(f"register: {e}")
+    dense = report["retrieval"]["scores"]["dense"]  # the champion embedder's, whichever version that is
+    report["embedder"]["versus_naive"] = versus_naive(p.gate.embedder_metric, dense, metrics["naive"], "dense search")
     write_json(report, paths.REGISTER_REPORT)
     for name, r in report.items():
+        if name == "retrieval":
+            print(f"retrieval: version {r['version']} PROMOTED (mode {r['mode']}, embedder v{r['embedder_version']})")
+            for reason in [*r["reasons"], r["versus_naive"]["summary"]]:
+                print(f"  - {reason}")
+            continue
         verdict = "PROMOTED" if r["promote"] else "not promoted"
         if r["base_version"] is not None:
             verdict += f" (base model registered as version {r['base_version']} and promoted)"

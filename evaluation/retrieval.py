@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import polars as pl
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
 
 from core import paths
-from core.config import Params
+from core.config import Params, RetrievalParams
+from core.fusion import reciprocal_rank_fusion
+from core.lexical import LexicalIndex
 
 
 def retrieval_metrics(
@@ -84,6 +86,43 @@ def naive_chunks(docs: pl.DataFrame, size_chars: int, overlap_chars: int) -> pl.
     return pl.DataFrame(rows, schema={"chunk_id": pl.String, "doc_id": pl.String, "text": pl.String})
 
 
+def dense_rankings(
+    model: SentenceTransformer, chunks: pl.DataFrame, queries: Sequence[str], depth: int, batch_size: int = 64
+) -> list[list[int]]:
+    """For each query, the rows of `chunks` (column `text`) by cosine similarity, best first, at most `depth`."""
+    c = model.encode(chunks["text"].to_list(), batch_size=batch_size, normalize_embeddings=True, convert_to_tensor=True)
+    q = model.encode(list(queries), batch_size=batch_size, normalize_embeddings=True, convert_to_tensor=True)
+    order = (q @ c.T).argsort(dim=1, descending=True)[:, :depth].cpu().numpy()  # (n_queries, depth)
+    return [[int(j) for j in row] for row in order]
+
+
+def lexical_rankings(index: LexicalIndex, queries: Sequence[str], depth: int) -> list[list[int]]:
+    """Per query, the rows of the indexed chunks by BM25, best first, at most `depth` (rows sharing a term)."""
+    row_of = {cid: i for i, cid in enumerate(index.ids)}
+    return [[row_of[cid] for cid, _ in hits] for hits in index.search(queries, depth)]
+
+
+def hybrid_rankings(dense: list[list[int]], lexical: list[list[int]], rp: RetrievalParams) -> list[list[int]]:
+    """Each query's top `rp.candidates` dense and lexical rows fused by weighted reciprocal rank (core.fusion)."""
+    return [
+        [row for row, _ in reciprocal_rank_fusion([d[: rp.candidates], lx[: rp.candidates]], rp.weights(), rp.rrf_k)]
+        for d, lx in zip(dense, lexical, strict=True)
+    ]
+
+
+def to_documents(rankings: Sequence[Sequence[int]], doc_of: Sequence[str], depth: int) -> list[list[str]]:
+    """Chunk rankings reduced to the documents of their chunks, best first, without repeats, at most `depth`."""
+    out = []
+    for row in rankings:
+        seen: dict[str, None] = {}
+        for j in row:
+            seen.setdefault(doc_of[j])
+            if len(seen) == depth:
+                break
+        out.append(list(seen))
+    return out
+
+
 def rank_documents(
     model: SentenceTransformer, chunks: pl.DataFrame, queries: Sequence[str], depth: int, batch_size: int = 64
 ) -> list[list[str]]:
@@ -92,19 +131,8 @@ def rank_documents(
     Args:
         chunks: columns `doc_id, text`.
     """
-    c = model.encode(chunks["text"].to_list(), batch_size=batch_size, normalize_embeddings=True, convert_to_tensor=True)
-    q = model.encode(list(queries), batch_size=batch_size, normalize_embeddings=True, convert_to_tensor=True)
-    order = (q @ c.T).argsort(dim=1, descending=True).cpu().numpy()  # (n_queries, n_chunks)
-    doc_of = chunks["doc_id"].to_list()
-    out = []
-    for row in order:
-        seen: dict[str, None] = {}
-        for j in row:
-            seen.setdefault(doc_of[j])
-            if len(seen) == depth:
-                break
-        out.append(list(seen))
-    return out
+    rankings = dense_rankings(model, chunks, queries, chunks.height, batch_size)
+    return to_documents(rankings, chunks["doc_id"].to_list(), depth)
 
 
 def document_metrics(
@@ -142,7 +170,7 @@ def question_metrics(
     return document_metrics(rankings, questions["doc_id"].to_list(), k_values)
 
 
-@dataclass(frozen=True)
+@dataclass
 class QuestionSet:
     """The held-out questions and the masked held-out documents chunked two ways (ours and the naive recipe)."""
 
@@ -151,6 +179,7 @@ class QuestionSet:
     """The platform's chunking (`data.chunk`, params `data.chunk`) of the masked documents."""
     naive_chunks: pl.DataFrame
     """Fixed character windows (params `evaluate.naive_chunk_chars` / `naive_overlap_chars`)."""
+    _lexical: list[list[int]] | None = field(default=None, compare=False)
 
     @classmethod
     def load(cls, p: Params) -> QuestionSet:
@@ -169,3 +198,27 @@ class QuestionSet:
         """`model` answering the questions over our chunks (or the naive recipe's)."""
         chunks = self.naive_chunks if naive else self.chunks
         return question_metrics(model, chunks, self.questions, p.evaluate.k_values, p.evaluate.batch_size)
+
+    def lexical(self, p: Params) -> list[list[int]]:
+        """BM25 rankings of our chunks for every question (the model plays no part, so computed once)."""
+        if self._lexical is None:
+            index = LexicalIndex.build(
+                self.chunks["chunk_id"].to_list(), self.chunks["text"].to_list(), p.retrieval.stemmer
+            )
+            self._lexical = lexical_rankings(index, self.questions["query"].to_list(), self.chunks.height)
+        return self._lexical
+
+    def score_modes(self, model: SentenceTransformer, p: Params) -> dict[str, dict[str, float]]:
+        """Every retrieval mode over our chunks: `dense` (`model`), `lexical` (BM25), `hybrid` (the two fused)."""
+        queries, doc_of = self.questions["query"].to_list(), self.chunks["doc_id"].to_list()
+        depth, relevant = max(max(p.evaluate.k_values), 10), self.questions["doc_id"].to_list()
+        dense = dense_rankings(model, self.chunks, queries, self.chunks.height, p.evaluate.batch_size)
+        rankings = {
+            "dense": dense,
+            "lexical": self.lexical(p),
+            "hybrid": hybrid_rankings(dense, self.lexical(p), p.retrieval),
+        }
+        return {
+            mode: document_metrics(to_documents(r, doc_of, depth), relevant, p.evaluate.k_values)
+            for mode, r in rankings.items()
+        }

@@ -25,6 +25,7 @@ class Platform:
     rag: RagService
     embedder_info: ServedModel
     chat_info: ServedModel
+    retrieval_info: ServedModel
     index_name: str
     ready: bool = False
 
@@ -50,11 +51,20 @@ class Platform:
             retry_after_s=s.retry_after_s,
             observer=observer,
         )
-        retriever = Retriever(embedder, models.collection, max_top_k=s.max_top_k)
+        retriever = Retriever(embedder, models.collection, models.lexical, models.retrieval, max_top_k=s.max_top_k)
         rag = RagService(retriever, chat, default_top_k=s.rag_top_k)
         if settings.debug_step_delay_ms > 0:  # test-only: a deterministically slow model (serving/faults.py)
             StepDelay(models.chat_model, settings.debug_step_delay_ms / 1000)  # type: ignore[arg-type]
-        return cls(embedder, chat, retriever, rag, models.embedder_info, models.chat_info, models.index.collection)
+        return cls(
+            embedder,
+            chat,
+            retriever,
+            rag,
+            models.embedder_info,
+            models.chat_info,
+            models.retrieval_info,
+            models.index.collection,
+        )
 
     def start(self) -> None:
         """Warm both models, then start the chat scheduler; ready only after both."""
@@ -62,7 +72,13 @@ class Platform:
         self.chat.warmup()
         self.chat.start()
         self.ready = True
-        log.info("serving ready: embedder=%s chat=%s", self.embedder_info.version, self.chat_info.version)
+        log.info(
+            "serving ready: embedder=%s chat=%s retrieval=%s mode=%s",
+            self.embedder_info.version,
+            self.chat_info.version,
+            self.retrieval_info.version,
+            self.retriever.default_mode,
+        )
 
     def readiness(self) -> tuple[bool, str | None]:
         """Ready once both models are loaded and warmed and while every engine is healthy; else why not."""

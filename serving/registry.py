@@ -2,7 +2,8 @@
 
     resolve   `models:/<name>@<alias>` -> version (core.registry, the one module that calls MLflow's registry)
     cache     download that version once into `<cache_dir>/<name>/<version>/` (complete marker last)
-    verify    the active Chroma collection was built by the served embedder version
+    verify    `retrieval@alias` names the served embedder version, and the active Chroma collection was
+              built by that version from the chunks the retrieval unit's lexical index holds
     load      core.loading (the same functions evaluation uses), from the cached folder, on `settings.device`
 
 If the registry cannot be reached (or no longer knows the alias), start-up falls back to the version
@@ -21,9 +22,11 @@ from chromadb.api.models.Collection import Collection
 
 from core.device import pick_device
 from core.errors import RegistryError, StartupError
+from core.lexical import LexicalIndex
 from core.loading import load_chat, load_embedder
 from core.log import get_logger
 from core.registry import Registry
+from core.retrieval_unit import RetrievalConfig, read_unit
 from core.vectorstore import ActiveIndex, chroma_client, read_active
 from serving.settings import Settings
 
@@ -112,6 +115,9 @@ class LoadedModels:
     tokenizer: object  # PreTrainedTokenizerBase
     index: ActiveIndex
     collection: Collection
+    retrieval_info: ServedModel
+    retrieval: RetrievalConfig
+    lexical: LexicalIndex
 
 
 def open_index(settings: Settings, embedder: ServedModel) -> tuple[ActiveIndex, Collection]:
@@ -135,6 +141,36 @@ def open_index(settings: Settings, embedder: ServedModel) -> tuple[ActiveIndex, 
     return active, client.get_collection(active.collection, embedding_function=None)
 
 
+def open_retrieval(
+    retrieval: ServedModel, embedder: ServedModel, index: ActiveIndex
+) -> tuple[RetrievalConfig, LexicalIndex]:
+    """The retrieval unit's config and lexical index, checked against the served embedder and the index.
+
+    Raises:
+        StartupError: the unit is unreadable, or names another embedder version or other chunks.
+    """
+    try:
+        config, lexical = read_unit(retrieval.path)
+    except (OSError, ValueError) as e:
+        raise StartupError(
+            f"cannot read {retrieval.name} version {retrieval.version} from {retrieval.path}: {e}"
+        ) from e
+    if (config.embedder_name, config.embedder_version) != (embedder.name, embedder.version):
+        raise StartupError(
+            f"{retrieval.name} version {retrieval.version} (models:/{retrieval.name}@{retrieval.alias}) searches with "
+            f"{config.embedder_name} version {config.embedder_version}, but serving would load {embedder.name} "
+            f"version {embedder.version} (models:/{embedder.name}@{embedder.alias}); point the two aliases at "
+            "versions registered together (`dvc repro register`)"
+        )
+    if config.chunks_md5 != index.data_md5:
+        raise StartupError(
+            f"{retrieval.name} version {retrieval.version} indexes chunks {config.chunks_md5[:12]} but the active "
+            f"Chroma collection {index.collection} holds chunks {index.data_md5[:12]}: rebuild the index "
+            "(`dvc repro index`)"
+        )
+    return config, lexical
+
+
 def load_models(settings: Settings) -> LoadedModels:
     """Resolve, cache, verify and load both models and the index (start-up only), on `settings.device`.
 
@@ -143,16 +179,22 @@ def load_models(settings: Settings) -> LoadedModels:
     """
     emb_info = fetch(settings.embedder_name, settings.serving.embedder_alias, settings)
     chat_info = fetch(settings.chat_name, settings.serving.chat_alias, settings)
+    retrieval_info = fetch(settings.retrieval_name, settings.serving.retrieval_alias, settings)
     index, collection = open_index(settings, emb_info)  # fail fast, before loading weights
+    retrieval, lexical = open_retrieval(retrieval_info, emb_info, index)
     device = pick_device(settings.device)
     embedder = load_embedder(emb_info.path, device=device)
     chat_model, tokenizer = load_chat(chat_info.path, device=device)
     log.info(
-        "loaded embedder=%s chat=%s index=%s (%d chunks) device=%s",
+        "loaded embedder=%s chat=%s retrieval=%s mode=%s index=%s (%d chunks) device=%s",
         emb_info.version,
         chat_info.version,
+        retrieval_info.version,
+        retrieval.mode,
         index.collection,
         index.count,
         device,
     )
-    return LoadedModels(emb_info, chat_info, embedder, chat_model, tokenizer, index, collection)
+    return LoadedModels(
+        emb_info, chat_info, embedder, chat_model, tokenizer, index, collection, retrieval_info, retrieval, lexical
+    )

@@ -17,6 +17,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from core.errors import InvalidRequest
+from core.retrieval_params import Mode
 from core.serving_params import ServingParams
 from serving.engines.types import Completion, SamplingParams, SearchHit
 
@@ -92,6 +93,8 @@ class ChatCompletionRequest(_Request):
     # RAG extras (`model: "rag"`), sent by OpenAI clients through `extra_body`
     top_k: int | None = Field(default=None, ge=1)
     filter: dict[str, Any] | None = None
+    mode: Mode | None = None
+    """`model: "rag"` only: the search mode (see SearchRequest.mode)."""
 
     @field_validator("stop")
     @classmethod
@@ -299,17 +302,21 @@ class SearchRequest(_Request):
     query: str = Field(min_length=1)
     top_k: int = Field(default=5, ge=1)
     filter: dict[str, Any] | None = None
+    mode: Mode | None = None
+    """`dense`, `lexical` or `hybrid`; omitted: the mode the pipeline measured best (the `retrieval` unit's)."""
 
 
 class SearchResponse(BaseModel):
     results: list[SearchResult]
     model: str
+    mode: Mode
 
 
 class RagRequest(_Request):
     question: str = Field(min_length=1)
     top_k: int | None = Field(default=None, ge=1)
     filter: dict[str, Any] | None = None
+    mode: Mode | None = None
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
     stream: bool = False
@@ -365,6 +372,8 @@ class StatusResponse(BaseModel):
     models: dict[str, ServedVersion]
     index: str
     """The Chroma collection queries run against."""
+    search_mode: Mode
+    """What search and RAG use when a request names no `mode` (the served `retrieval` version's)."""
 
 
 def new_id(prefix: str) -> str:

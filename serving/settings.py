@@ -36,6 +36,7 @@ class Settings:
     chat_name: str
     embedder_name: str
     tracking_uri: str
+    retrieval_name: str = "retrieval"
     device: str | None = None
     """`MODELPLATFORM_DEVICE` (e.g. `cpu`, `cuda:1`); None lets `core.device.pick_device` choose."""
     log_level: str = "INFO"
@@ -127,6 +128,7 @@ def load_settings(params: Params | None = None, environ: dict[str, str] | None =
         index=index,
         chat_name=p.models.chat_name,
         embedder_name=p.models.embedder_name,
+        retrieval_name=p.models.retrieval_name,
         tracking_uri=uri,
         device=env.get("MODELPLATFORM_DEVICE") or None,
         log_level=(env.get("LOG_LEVEL") or "INFO").upper(),

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.prompts import rag_messages
+from core.retrieval_params import Mode
 from serving.engines.chat import ChatEngine, GenerationHandle
 from serving.engines.retriever import Retriever
 from serving.engines.types import SamplingParams, SearchHit
@@ -26,13 +27,18 @@ class RagService:
         self.default_top_k = default_top_k
 
     async def start(
-        self, question: str, params: SamplingParams, top_k: int | None = None, where: dict[str, Any] | None = None
+        self,
+        question: str,
+        params: SamplingParams,
+        top_k: int | None = None,
+        where: dict[str, Any] | None = None,
+        mode: Mode | None = None,
     ) -> RagRun:
         """Retrieve passages for `question` and queue its answer (context and queue checks happen here).
 
         Raises:
             InvalidRequest / ContextLengthExceeded / QueueFull: see Retriever.search and ChatEngine.submit.
         """
-        hits = await self.retriever.search(question, top_k or self.default_top_k, where)
+        hits = await self.retriever.search(question, top_k or self.default_top_k, where, mode)
         prompt = self.chat.encode_messages(rag_messages(question, [h.text for h in hits]))
         return RagRun(hits, self.chat.submit(prompt, params))

@@ -1,58 +1,132 @@
-"""Retriever: embed the query with the served embedder, query the active Chroma collection."""
+"""Retriever: dense (the served embedder over the active Chroma collection), lexical (BM25) or both fused.
+
+The modes and their fusion are the ones the pipeline measured (evaluation/retrieval.py uses the same
+`core.lexical` and `core.fusion`); the default mode and the fusion settings come from the registered
+`retrieval` unit. Chroma holds the chunks' text and metadata for every mode, and its `where` filter
+is applied to lexical search too (as a mask over the BM25 rows), so a filter means the same in each.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
+import numpy as np
 from chromadb.api.models.Collection import Collection
 from chromadb.errors import InvalidArgumentError
 
 from core.errors import InvalidRequest
+from core.fusion import reciprocal_rank_fusion
+from core.lexical import LexicalIndex
+from core.retrieval_params import Mode
+from core.retrieval_unit import RetrievalConfig
 from serving.engines.embedder import EmbedderEngine
 from serving.engines.types import SearchHit
 
+# how chromadb 1.5 rejects a bad `where`
+_FILTER_ERRORS = (ValueError, TypeError, InvalidArgumentError)
+
+
+def _hit(chunk_id: str, text: str | None, meta: Any, score: float) -> SearchHit:
+    m = dict(meta or {})
+    source = m.get("source")
+    return SearchHit(
+        id=chunk_id, text=text or "", score=score, source=None if source is None else str(source), metadata=m
+    )
+
 
 class Retriever:
-    def __init__(self, embedder: EmbedderEngine, collection: Collection, *, max_top_k: int = 50) -> None:
+    def __init__(
+        self,
+        embedder: EmbedderEngine,
+        collection: Collection,
+        lexical: LexicalIndex,
+        config: RetrievalConfig,
+        *,
+        max_top_k: int = 50,
+    ) -> None:
         self.embedder = embedder
         self.collection = collection
+        self.lexical = lexical
+        self.config = config
         self.max_top_k = max_top_k
+        self._row_of = {cid: i for i, cid in enumerate(lexical.ids)}
 
-    async def search(self, query: str, top_k: int, where: dict[str, Any] | None = None) -> list[SearchHit]:
-        """The `top_k` chunks closest to `query`, best first.
+    @property
+    def default_mode(self) -> Mode:
+        return self.config.mode
+
+    async def search(
+        self, query: str, top_k: int, where: dict[str, Any] | None = None, mode: Mode | None = None
+    ) -> list[SearchHit]:
+        """The `top_k` best chunks for `query`, best first.
 
         Args:
             query: the text to search for.
             top_k: how many chunks (1..max_top_k).
             where: a Chroma metadata filter, e.g. `{"source": "library/json.md"}` or `{"$and": [...]}`.
+            mode: `dense` (score: cosine similarity), `lexical` (BM25 score) or `hybrid` (fused
+                reciprocal-rank score); None takes the registered default.
 
         Raises:
             InvalidRequest: top_k out of range, a query over the embedder's window, or a filter Chroma rejects.
         """
         if not 1 <= top_k <= self.max_top_k:
             raise InvalidRequest(f"top_k must be between 1 and {self.max_top_k} (got {top_k})", param="top_k")
+        mode = mode or self.config.mode
+        if mode == "dense":
+            return await self._dense(query, top_k, where)
+        depth = max(top_k, self.config.candidates)
+        dense = await self._dense(query, depth, where) if mode == "hybrid" else []
+        lexical = await self._lexical(query, depth, where)
+        if mode == "lexical":
+            return await self._with_text(lexical[:top_k])
+        fused = reciprocal_rank_fusion(
+            [[h.id for h in dense], [cid for cid, _ in lexical]], self.config.weights(), self.config.rrf_k
+        )[:top_k]
+        known = {h.id: h for h in dense}
+        missing = await self._with_text([(cid, s) for cid, s in fused if cid not in known])
+        known.update({h.id: h for h in missing})
+        return [_hit(cid, known[cid].text, known[cid].metadata, score) for cid, score in fused]
+
+    async def _dense(self, query: str, k: int, where: dict[str, Any] | None) -> list[SearchHit]:
         self.embedder.check([query])
         vector = (await self.embedder.embed([query]))[0]
         try:
             res = await asyncio.to_thread(
                 self.collection.query,
                 query_embeddings=[vector.tolist()],
-                n_results=top_k,
+                n_results=k,
                 where=where or None,
                 include=["documents", "metadatas", "distances"],
             )
-        except (ValueError, TypeError, InvalidArgumentError) as e:  # how chromadb 1.5 rejects a bad `where`
+        except _FILTER_ERRORS as e:
             raise InvalidRequest(f"invalid filter: {e}", param="filter") from None
         ids, docs = res["ids"][0], (res["documents"] or [[]])[0]
         metas, dists = (res["metadatas"] or [[]])[0], (res["distances"] or [[]])[0]
-        return [
-            SearchHit(
-                id=i,
-                text=d or "",
-                score=1.0 - float(dist),  # the index is built with cosine space: distance = 1 - cosine
-                source=str(m.get("source")) if m and m.get("source") is not None else None,
-                metadata=dict(m or {}),
-            )
-            for i, d, m, dist in zip(ids, docs, metas, dists, strict=True)
-        ]
+        # the index is built with cosine space: distance = 1 - cosine
+        return [_hit(i, d, m, 1.0 - float(dist)) for i, d, m, dist in zip(ids, docs, metas, dists, strict=True)]
+
+    async def _lexical(self, query: str, k: int, where: dict[str, Any] | None) -> list[tuple[str, float]]:
+        allowed = None
+        if where:
+            try:
+                ids = (await asyncio.to_thread(self.collection.get, where=where, include=[]))["ids"]
+            except _FILTER_ERRORS as e:
+                raise InvalidRequest(f"invalid filter: {e}", param="filter") from None
+            allowed = np.zeros(len(self.lexical), dtype=np.float32)
+            allowed[[self._row_of[i] for i in ids if i in self._row_of]] = 1.0
+            if not allowed.any():
+                return []
+        return (await asyncio.to_thread(self.lexical.search, [query], k, allowed))[0]
+
+    async def _with_text(self, scored: list[tuple[str, float]]) -> list[SearchHit]:
+        """Chunk ids with scores -> hits with their text and metadata from Chroma, in the given order."""
+        if not scored:
+            return []
+        res = await asyncio.to_thread(
+            self.collection.get, ids=[cid for cid, _ in scored], include=["documents", "metadatas"]
+        )
+        docs, metas = res["documents"] or [], res["metadatas"] or []
+        by_id = {i: (d, m) for i, d, m in zip(res["ids"], docs, metas, strict=True)}
+        return [_hit(cid, *by_id[cid], score) for cid, score in scored if cid in by_id]

@@ -10,6 +10,8 @@ from pydantic import BaseModel
 
 CHAT, EMBEDDER, RAG = "chat", "embedder", "rag"
 """The model names clients send (see /v1/models)."""
+RETRIEVAL = "retrieval"
+"""The registered retrieval unit (search mode, lexical index), shown on /v1/status."""
 
 
 @dataclass
@@ -27,6 +29,8 @@ class RequestRecord:
     tokens: int | None = None
     """Embeddings: tokens over all texts."""
     top_k: int | None = None
+    mode: str | None = None
+    """Search and RAG: dense, lexical or hybrid."""
     hits: int | None = None
     prompt: str | None = None
     """The last message, only when `serving.log_text` is on."""

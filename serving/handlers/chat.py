@@ -42,7 +42,7 @@ class ChatHandler:
             question = req.last_user_text()
             if not question:
                 raise InvalidRequest("model `rag` needs a user message holding the question", param="messages")
-            run = await self.platform.rag.start(question, params, req.top_k, req.filter)
+            run = await self.platform.rag.start(question, params, req.top_k, req.filter, req.mode)
             handle, sources = run.generation, run.sources
         elif req.model == CHAT:
             handle = self.platform.chat.submit(self.platform.chat.encode_messages(req.template_messages()), params)

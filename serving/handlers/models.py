@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from serving.handlers.base import CHAT, EMBEDDER, RAG
+from serving.handlers.base import CHAT, EMBEDDER, RAG, RETRIEVAL
 from serving.platform import Platform
 from serving.schemas import EngineStatus, ModelCard, ModelList, ServedVersion, StatusResponse
 
@@ -15,12 +15,12 @@ class ModelsHandler:
 
     def list(self) -> ModelList:
         p, now = self.platform, int(time.time())
-        chat_v, emb_v = p.chat_info.version, p.embedder_info.version
+        chat_v, emb_v, ret_v = p.chat_info.version, p.embedder_info.version, p.retrieval_info.version
         return ModelList(
             data=[
                 ModelCard(id=CHAT, created=now, version=chat_v),
                 ModelCard(id=EMBEDDER, created=now, version=emb_v),
-                ModelCard(id=RAG, created=now, version=f"chat:{chat_v},embedder:{emb_v}"),
+                ModelCard(id=RAG, created=now, version=f"chat:{chat_v},embedder:{emb_v},retrieval:{ret_v}"),
             ]
         )
 
@@ -48,6 +48,8 @@ class ModelsHandler:
             models={
                 CHAT: ServedVersion.of(p.chat_info),
                 EMBEDDER: ServedVersion.of(p.embedder_info),
+                RETRIEVAL: ServedVersion.of(p.retrieval_info),
             },
             index=p.index_name,
+            search_mode=p.retriever.default_mode,
         )

@@ -1,4 +1,4 @@
-"""/v1/search and /v1/rag: the index queried with the champion embedder, and answers grounded in it."""
+"""/v1/search and /v1/rag: the served retrieval configuration (dense, lexical or hybrid), and answers grounded in it."""
 
 from __future__ import annotations
 
@@ -22,9 +22,11 @@ class RetrievalHandler:
         Raises:
             InvalidRequest: top_k out of range, an over-long query, or a filter the index rejects.
         """
-        hits = await self.platform.retriever.search(req.query, req.top_k, req.filter)
+        mode = req.mode or self.platform.retriever.default_mode
+        hits = await self.platform.retriever.search(req.query, req.top_k, req.filter, mode)
         record.version, record.top_k, record.hits = self.platform.embedder_info.version, req.top_k, len(hits)
-        return SearchResponse(results=[SearchResult.of(h) for h in hits], model=EMBEDDER)
+        record.mode = mode
+        return SearchResponse(results=[SearchResult.of(h) for h in hits], model=EMBEDDER, mode=mode)
 
     async def rag(self, req: RagRequest, record: RequestRecord) -> RagResponse | EventStream:
         """Retrieve, then answer from the passages; the sources come with the answer (first, when streamed).
@@ -32,8 +34,9 @@ class RetrievalHandler:
         Raises:
             InvalidRequest / ContextLengthExceeded / QueueFull: see `to_sampling`, the retriever and the engine.
         """
-        run = await self.platform.rag.start(req.question, req.to_sampling(self.limits), req.top_k, req.filter)
-        record.model, record.version = RAG, self.platform.chat_info.version
+        mode = req.mode or self.platform.retriever.default_mode
+        run = await self.platform.rag.start(req.question, req.to_sampling(self.limits), req.top_k, req.filter, mode)
+        record.model, record.version, record.mode = RAG, self.platform.chat_info.version, mode
         record.prompt_tokens = run.generation.prompt_tokens
         sources = [SearchResult.of(h) for h in run.sources]
         if req.stream:

@@ -53,6 +53,9 @@ def test_metrics_agree_across_dvc_the_plot_and_the_register_report(pipeline: Pat
         assert float(plot[10][side]) == pytest.approx(scores["recall@10"])
         assert scores["recall@1"] <= scores["recall@5"] <= scores["recall@10"] and scores["mrr@10"] <= 1
     assert set(metrics["headings"]) == {"base", "finetuned"}  # the heading queries stay as a second set
+    for column, scores in (("lexical", metrics["lexical"]), ("hybrid", metrics["hybrid"]["finetuned"])):
+        assert float(plot[10][column]) == pytest.approx(scores["recall@10"])
+    assert set(metrics["hybrid"]) == {"base", "finetuned"}
     gains = report["embedder"]["versus_naive"]["gains"]
     ours, naive = metrics["embedder"]["finetuned"]["recall@10"], metrics["naive"]["recall@10"]
     assert gains["recall@10"] == pytest.approx(ours - naive)
@@ -100,6 +103,27 @@ def test_register_report_names_the_numbers_and_moves_the_alias(pipeline: Path) -
         assert r["promote"] is True and r["champion_version"] == r["version"]
 
 
+def test_retrieval_unit_is_the_best_measured_mode_and_in_the_registry(pipeline: Path) -> None:
+    """The register stage chose the default search mode by the gate metric over dense, lexical and hybrid with
+    the champion embedder, and registered it with the lexical index; a fresh process reads it back."""
+    metrics, report = _evaluate_json(pipeline), _register_json(pipeline)
+    r, metric = report["retrieval"], "recall@10"  # the tiny profile's gate metric
+    row = "finetuned"  # the tiny gate promotes the candidate
+    scores = {"dense": metrics["embedder"][row], "lexical": metrics["lexical"], "hybrid": metrics["hybrid"][row]}
+    assert r["scores"] == scores and r["embedder_version"] == report["embedder"]["champion_version"]
+    assert r["scores"][r["mode"]][metric] == max(m[metric] for m in scores.values())
+    assert r["champion_version"] == r["version"]
+    script = (
+        "import json, tempfile\nfrom pathlib import Path\nfrom core.registry import Registry\n"
+        "from core.retrieval_unit import read_unit\nreg = Registry()\nv = reg.resolve('retrieval', 'champion')\n"
+        "config, lexical = read_unit(reg.download('retrieval', v, Path(tempfile.mkdtemp()) / 'r'))\n"
+        "print(json.dumps({'version': v, 'mode': config.mode, 'embedder': config.embedder_version, 'n': len(lexical)}))"
+    )
+    seen = json.loads(run([sys.executable, "-c", script], pipeline).stdout.strip().splitlines()[-1])
+    chunks = json.loads((pipeline / "artifacts/index/lexical/manifest.json").read_text())["chunks"]
+    assert seen == {"version": r["version"], "mode": r["mode"], "embedder": r["embedder_version"], "n": chunks}
+
+
 def _strict_copy(pipeline: Path, dest: Path) -> Path:
     """A second copy for `python -m evaluation.register` with a gate no tiny candidate can pass.
 
@@ -113,7 +137,7 @@ def _strict_copy(pipeline: Path, dest: Path) -> Path:
     # recall@10 cannot rise by more than 1.0, nor a loss fall by more than 100: both candidates must fail.
     tiny["gate"] |= {"embedder_min_gain": 1.0, "chat_min_gain": 100.0}
     (repo / "params.yaml").write_text(yaml.safe_dump(tiny))
-    for part in ("base", "models", "datasets", "data", "metrics"):
+    for part in ("base", "models", "datasets", "data", "metrics", "index"):
         (repo / "artifacts").mkdir(exist_ok=True)
         (repo / "artifacts" / part).symlink_to(pipeline / "artifacts" / part)
     (repo / "state").mkdir()
@@ -159,6 +183,9 @@ def test_a_refused_candidate_with_no_champion_leaves_the_base_model_serving(
     )
     seen = json.loads(run([sys.executable, "-c", script], repo).stdout.strip().splitlines()[-1])
     assert seen == {"embedder": "base", "chat": "base"}
+    # the retrieval unit is built on the base embedder that now serves, with the base rows' scores
+    assert report["retrieval"]["embedder_version"] == report["embedder"]["base_version"]
+    assert report["retrieval"]["scores"]["hybrid"] == _evaluate_json(pipeline)["hybrid"]["base"]
 
 
 def test_strict_gate_refuses_and_leaves_the_champion(pipeline: Path, strict_register: Path) -> None:
@@ -171,6 +198,11 @@ def test_strict_gate_refuses_and_leaves_the_champion(pipeline: Path, strict_regi
         assert int(r["version"]) == int(first[name]["version"]) + 1  # registered, as a rejected version
         assert r["previous_champion_version"] == r["champion_version"] == first[name]["version"]
         assert r["base_version"] is None  # a champion exists: it keeps serving
+    # the retrieval unit stays on the kept champion embedder, re-scored here: the same numbers as evaluate's
+    kept = report["retrieval"]
+    assert kept["embedder_version"] == first["embedder"]["version"]
+    for mode, row in (("dense", metrics["embedder"]["finetuned"]), ("hybrid", metrics["hybrid"]["finetuned"])):
+        assert kept["scores"][mode] == pytest.approx(row, abs=2e-3), mode
     # and the registry itself says so, read in a fresh process through core.registry
     script = textwrap.dedent(
         """

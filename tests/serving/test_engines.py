@@ -15,7 +15,11 @@ import torch
 from chromadb.config import Settings
 
 from core.errors import ContextLengthExceeded, InvalidRequest, Overloaded, QueueFull, RequestTimeout
+from core.fusion import reciprocal_rank_fusion
+from core.lexical import LexicalIndex
 from core.loading import load_chat, load_embedder
+from core.retrieval_params import RetrievalParams
+from core.retrieval_unit import RetrievalConfig
 from serving.engines.chat import ChatEngine
 from serving.engines.embedder import EmbedderEngine
 from serving.engines.rag import RagService
@@ -395,7 +399,8 @@ def test_retriever_and_rag(tmp_path, embedder: EmbedderEngine, engine: ChatEngin
         embeddings=embedder.embed_sync([d for d, _ in docs.values()]),
         metadatas=[{"source": s} for _, s in docs.values()],
     )
-    retriever = Retriever(embedder, coll, max_top_k=5)
+    lexical = LexicalIndex.build(list(docs), [d for d, _ in docs.values()])
+    retriever = Retriever(embedder, coll, lexical, _retrieval_config("dense"), max_top_k=5)
 
     async def run():  # type: ignore[no-untyped-def]
         hits = await retriever.search("How do I turn an object into JSON?", top_k=2)
@@ -412,8 +417,62 @@ def test_retriever_and_rag(tmp_path, embedder: EmbedderEngine, engine: ChatEngin
     assert answer.completion_tokens > 0
     with pytest.raises(InvalidRequest, match="top_k"):
         asyncio.run(retriever.search("x", top_k=99))
-    with pytest.raises(InvalidRequest, match="filter"):
-        asyncio.run(retriever.search("x", top_k=1, where={"$bogus": 1}))
+    for mode in ("dense", "lexical", "hybrid"):
+        with pytest.raises(InvalidRequest, match="filter"):
+            asyncio.run(retriever.search("x", top_k=1, where={"$bogus": 1}, mode=mode))  # type: ignore[arg-type]
+
+
+def test_lexical_and_hybrid_search_modes(tmp_path, embedder: EmbedderEngine) -> None:  # type: ignore[no-untyped-def]
+    """Lexical finds the chunk sharing the query's (stemmed) words with its text and metadata from Chroma;
+    a filter applies to it as to dense; hybrid returns the fused order with fused scores."""
+    client = chromadb.PersistentClient(path=str(tmp_path), settings=Settings(anonymized_telemetry=False))
+    coll = client.create_collection("chunks-test", embedding_function=None, configuration={"hnsw": {"space": "cosine"}})
+    docs = {
+        "a": ("json.dumps converts a Python object to a JSON string.", "library/json.md"),
+        "b": ("Reading files line by line with a for loop over the file object.", "tutorial/io.md"),
+        "c": ("Lists are mutable sequences; tuples are immutable.", "library/stdtypes.md"),
+        "d": ("The zipfile module reads and writes ZIP archives.", "library/zipfile.md"),
+    }
+    texts = [d for d, _ in docs.values()]
+    coll.add(
+        ids=list(docs),
+        documents=texts,
+        embeddings=embedder.embed_sync(texts),
+        metadatas=[{"source": s} for _, s in docs.values()],
+    )
+    retriever = Retriever(embedder, coll, LexicalIndex.build(list(docs), texts), _retrieval_config("hybrid"))
+
+    async def run():  # type: ignore[no-untyped-def]
+        return (
+            await retriever.search("read files", top_k=4, mode="lexical"),
+            await retriever.search("read files", top_k=4, mode="lexical", where={"source": "library/zipfile.md"}),
+            await retriever.search("zzqx", top_k=4, mode="lexical"),
+            await retriever.search("How do I read a file line by line?", top_k=4),  # the default: hybrid
+            await retriever.search("How do I read a file line by line?", top_k=4, mode="dense"),
+        )
+
+    lexical, filtered, nothing, hybrid, dense = asyncio.run(run())
+    assert lexical[0].id == "b" and lexical[0].source == "tutorial/io.md" and lexical[0].text == texts[1]
+    assert {h.id for h in lexical} == {"b", "d"}  # "reads" stems like "read"; a and c share no word
+    assert [h.id for h in filtered] == ["d"]
+    assert nothing == []
+    expected = reciprocal_rank_fusion([[h.id for h in dense], [h.id for h in lexical]], (1.0, 1.0), 60)
+    assert [(h.id, round(h.score, 6)) for h in hybrid] == [(i, round(s, 6)) for i, s in expected][:4]
+    assert hybrid[0].id == "b" and all(h.text for h in hybrid)
+
+
+def _retrieval_config(mode: str) -> RetrievalConfig:
+    return RetrievalConfig.of(
+        RetrievalParams(),
+        embedder_name="embedder",
+        embedder_version="1",
+        chunks_md5="x",
+        chunking={},
+        mode=mode,
+        metric="mrr@10",
+        scores={},
+        reasons=[],
+    )
 
 
 class _InjectedOom:
@@ -505,9 +564,9 @@ def test_platform_readiness_and_liveness_follow_the_engines(chat_parts, embedder
     coll = chromadb.EphemeralClient(settings=Settings(anonymized_telemetry=False)).get_or_create_collection(
         "readiness", embedding_function=None
     )
-    retriever = Retriever(embedder, coll)
+    retriever = Retriever(embedder, coll, LexicalIndex.build(["x"], ["nothing"]), _retrieval_config("dense"))
     info = ServedModel("chat", "champion", "1", Path("."), False)
-    platform = Platform(embedder, chat, retriever, RagService(retriever, chat), info, info, "chunks-test")
+    platform = Platform(embedder, chat, retriever, RagService(retriever, chat), info, info, info, "chunks-test")
     assert platform.readiness() == (False, "loading and warming the models")
     platform.start()
     try:

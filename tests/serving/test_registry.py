@@ -58,3 +58,37 @@ def test_index_built_by_another_embedder_version_fails_startup(tmp_path: Path) -
         open_index(s, embedder)
     active, coll = open_index(s, dataclasses.replace(embedder, version="2"))
     assert active.collection == coll.name == "chunks-v2-abc"
+
+
+def test_retrieval_unit_must_match_the_served_embedder_and_the_index(tmp_path: Path) -> None:
+    from core.lexical import LexicalIndex
+    from core.retrieval_params import RetrievalParams
+    from core.retrieval_unit import RetrievalConfig, write_unit
+    from serving.registry import open_retrieval
+
+    LexicalIndex.build(["c1"], ["json dumps"]).save(tmp_path / "lex")
+    config = RetrievalConfig.of(
+        RetrievalParams(),
+        embedder_name="embedder",
+        embedder_version="2",
+        chunks_md5="abc",
+        chunking={},
+        mode="hybrid",
+        metric="mrr@10",
+        scores={},
+        reasons=[],
+    )
+    write_unit(tmp_path / "unit", config, tmp_path / "lex")
+    retrieval = ServedModel("retrieval", "champion", "7", tmp_path / "unit", False)
+    embedder = ServedModel("embedder", "champion", "2", tmp_path, False)
+    index = ActiveIndex("chunks-v2-abc", "embedder", "2", "abc", 1)
+    got, lexical = open_retrieval(retrieval, embedder, index)
+    assert got.mode == "hybrid" and lexical.ids == ["c1"]
+    with pytest.raises(
+        StartupError, match=r"searches with embedder version 2, but serving would load embedder version 3"
+    ):
+        open_retrieval(retrieval, dataclasses.replace(embedder, version="3"), index)
+    with pytest.raises(StartupError, match=r"rebuild the index"):
+        open_retrieval(retrieval, embedder, dataclasses.replace(index, data_md5="other"))
+    with pytest.raises(StartupError, match="cannot read retrieval version 7"):
+        open_retrieval(dataclasses.replace(retrieval, path=tmp_path / "lex"), embedder, index)

@@ -156,6 +156,22 @@ def test_search(http: httpx.Client) -> None:
     src = results[0]["source"]
     filtered = http.post("/v1/search", json={"query": Q, "top_k": 3, "filter": {"source": src}})
     assert all(x["source"] == src for x in filtered.json()["results"])
+    default = http.get("/v1/status").json()["search_mode"]
+    assert r.json()["mode"] == default
+    for mode in ("dense", "lexical", "hybrid"):
+        out = http.post("/v1/search", json={"query": Q, "top_k": 3, "mode": mode, "filter": {"source": src}}).json()
+        assert out["mode"] == mode and out["results"], out
+        assert all(x["source"] == src and x["text"] for x in out["results"])
+        scores = [x["score"] for x in out["results"]]
+        assert scores == sorted(scores, reverse=True)
+    assert _error(http.post("/v1/search", json={"query": Q, "mode": "sparse"}), 400)["param"] == "mode"
+
+
+def test_search_mode_default_is_the_registered_choice(http: httpx.Client, server: Server) -> None:
+    report = json.loads((server.project / "artifacts/reports/register.json").read_text())["retrieval"]
+    status = http.get("/v1/status").json()
+    assert status["search_mode"] == report["mode"]
+    assert status["models"]["retrieval"]["version"] == report["version"]
 
 
 def test_rag_plain_and_streamed(http: httpx.Client) -> None:

@@ -1,0 +1,113 @@
+"""The registered `retrieval` model: what the server searches with, as one versioned unit.
+
+A version records the embedder version, the chunking, the default mode chosen by measurement, the
+fusion settings and the held-out scores (`retrieval.json`), and carries the lexical index, so a fresh
+server pointed at the registry and the vector store can serve it. Written by the register stage,
+read by the server (`serving/registry.py`). Logged as an MLflow pyfunc whose `predict` runs the lexical
+half (the dense half needs the vector store): `mlflow.pyfunc.load_model("models:/retrieval@champion")`
+answers `["how do I ..."]` with chunk ids and BM25 scores.
+
+Folder layout (the pyfunc artifact `retrieval`):
+    retrieval.json   RetrievalConfig
+    lexical/         core.lexical.LexicalIndex
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from mlflow.pyfunc import PythonModel
+from pydantic import BaseModel, ConfigDict
+
+from core.lexical import LexicalIndex
+from core.retrieval_params import Mode, RetrievalParams
+
+CONFIG_FILE = "retrieval.json"
+LEXICAL_DIR = "lexical"
+ARTIFACT = "retrieval"
+"""The pyfunc artifact's key."""
+
+
+class RetrievalConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    embedder_name: str
+    embedder_version: str
+    chunks_md5: str
+    """The chunks both indexes were built from; the active Chroma collection must carry the same."""
+    chunking: dict[str, Any]
+    mode: Mode
+    """What `/v1/search` and RAG use when a request does not say."""
+    rrf_k: int
+    dense_weight: float
+    lexical_weight: float
+    candidates: int
+    stemmer: str
+    metric: str
+    scores: dict[str, dict[str, float]]
+    """Held-out question scores per mode (and `naive`), as measured when this version was chosen."""
+    reasons: list[str]
+
+    @classmethod
+    def of(cls, rp: RetrievalParams, **fields: Any) -> RetrievalConfig:
+        return cls(
+            rrf_k=rp.rrf_k,
+            dense_weight=rp.dense_weight,
+            lexical_weight=rp.lexical_weight,
+            candidates=rp.candidates,
+            stemmer=rp.stemmer,
+            **fields,
+        )
+
+    def weights(self) -> tuple[float, float]:
+        return (self.dense_weight, self.lexical_weight)
+
+
+def write_unit(folder: Path, config: RetrievalConfig, lexical_dir: Path) -> None:
+    """Assemble the folder that gets logged: the config and a copy of the lexical index."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    (folder / CONFIG_FILE).write_text(config.model_dump_json(indent=2))
+    shutil.copytree(lexical_dir, folder / LEXICAL_DIR)
+
+
+def find_unit(model_dir: Path) -> Path:
+    """The unit's folder inside a downloaded model version (or the folder itself, when given that).
+
+    Raises:
+        FileNotFoundError: neither holds a `retrieval.json`.
+    """
+    # MLflow copies the artifact folder under its own name: artifacts/<folder name>/
+    for candidate in (model_dir, *sorted((model_dir / "artifacts").glob("*"))):
+        if (candidate / CONFIG_FILE).is_file():
+            return candidate
+    raise FileNotFoundError(f"no {CONFIG_FILE} in {model_dir} or in a folder of its artifacts/")
+
+
+def read_unit(folder: Path) -> tuple[RetrievalConfig, LexicalIndex]:
+    """The config and the lexical index of a unit folder (see `find_unit`)."""
+    unit = find_unit(folder)
+    config = RetrievalConfig.model_validate(json.loads((unit / CONFIG_FILE).read_text()))
+    return config, LexicalIndex.load(unit / LEXICAL_DIR)
+
+
+class LexicalSearchModel(PythonModel):  # type: ignore[misc]
+    """The pyfunc: a list of queries -> per query, the BM25 top chunks (`params={"top_k": n}`, default 10)."""
+
+    top_k = 10
+
+    def load_context(self, context: Any) -> None:
+        self.config, self.index = read_unit(Path(context.artifacts[ARTIFACT]))
+
+    def predict(
+        self, context: Any, model_input: list[str], params: dict[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
+        queries = [str(q) for q in model_input]
+        k = int((params or {}).get("top_k", self.top_k))
+        return [
+            {"query": q, "chunk_ids": [c for c, _ in hits], "scores": [s for _, s in hits]}
+            for q, hits in zip(queries, self.index.search(queries, k), strict=True)
+        ]

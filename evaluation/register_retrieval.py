@@ -1,0 +1,148 @@
+"""The register stage's last step: choose the retrieval mode by measurement and register the unit.
+
+The `retrieval` candidate is built on the embedder the gate left as champion: of the modes in params
+`retrieval.modes`, the one scoring best on the held-out questions (gate metric; ties go to the one
+listed first) becomes the default, and the unit (config + lexical index, core/retrieval_unit.py) is
+registered and promoted. Dense search with the champion embedder is always among the modes, so the
+promoted unit is never worse than dense search with the gated embedder; how it compares with the naive
+recipe is reported (`versus_naive`).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Sequence
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+from core import paths
+from core.config import Params
+from core.loading import load_embedder
+from core.log import get_logger
+from core.registry import Registry
+from core.retrieval_unit import RetrievalConfig, write_unit
+from core.tracking import file_md5, log_retrieval_model
+from evaluation.retrieval import QuestionSet
+
+log = get_logger(__name__)
+
+
+class RetrievalRegisterError(RuntimeError):
+    pass
+
+
+def choose_mode(scores: dict[str, dict[str, float]], metric: str, modes: Sequence[str]) -> tuple[str, list[str]]:
+    """The mode with the best `metric` (higher is better); on a tie, the one earliest in `modes`.
+
+    Returns:
+        The mode and one reason line per mode, best first.
+    """
+    if not modes:
+        raise ValueError("no retrieval modes to choose from")
+    ranked = sorted(modes, key=lambda m: (-scores[m][metric], list(modes).index(m)))
+    best = ranked[0]
+    reasons = [
+        f"{m}: {metric} {scores[m][metric]:.4f}"
+        + (" -> chosen" if m == best else f" ({scores[m][metric] - scores[best][metric]:+.4f})")
+        for m in ranked
+    ]
+    return best, reasons
+
+
+def versus_naive(metric: str, served: dict[str, float], naive: dict[str, float], what: str) -> dict[str, Any]:
+    """By how much `served` won or lost against the naive recipe, per metric."""
+    gains = {k: round(served[k] - naive[k], 4) for k in naive if k in served}
+    verdict = "beats" if gains[metric] > 0 else "does not beat"
+    return {
+        "gains": gains,
+        "summary": f"{what} {metric} {served[metric]} {verdict} the naive recipe's {naive[metric]} "
+        f"({gains[metric]:+.4f}) on the held-out questions",
+    }
+
+
+def mode_scores(p: Params, metrics: dict[str, Any], embedder: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Each mode's held-out scores with the champion embedder: evaluate's rows when it is the candidate
+    or the base model, else (an older champion kept) measured here on the same questions."""
+    champion = embedder["champion_version"]
+    if champion in (embedder["version"], embedder["base_version"]):
+        row = "finetuned" if champion == embedder["version"] else "base"
+        return {"dense": metrics["embedder"][row], "lexical": metrics["lexical"], "hybrid": metrics["hybrid"][row]}
+    log.info("scoring retrieval modes with the kept champion embedder version %s", champion)
+    return QuestionSet.load(p).score_modes(load_embedder(f"models:/{p.models.embedder_name}/{champion}"), p)
+
+
+def register_retrieval(
+    p: Params, registry: Registry, metrics: dict[str, Any], embedder: dict[str, Any], tags: dict[str, str]
+) -> dict[str, Any]:
+    """Register the retrieval unit over the champion embedder and promote it.
+
+    Args:
+        embedder: the embedder gate's report (`version`, `base_version`, `champion_version`).
+
+    Raises:
+        RetrievalRegisterError: no embedder champion, or the lexical index is not of the current chunks.
+    """
+    champion = embedder["champion_version"]
+    if champion is None:
+        raise RetrievalRegisterError("no embedder champion to build the retrieval configuration on")
+    chunks_md5 = file_md5(paths.CHUNKS)
+    lexical = json.loads((paths.LEXICAL_INDEX / "manifest.json").read_text())
+    if lexical["chunks_md5"] != chunks_md5:
+        raise RetrievalRegisterError(
+            f"{paths.LEXICAL_INDEX} was built from other chunks (md5 {lexical['chunks_md5']}, now {chunks_md5}): "
+            "run `dvc repro lexical`"
+        )
+    metric = p.gate.embedder_metric
+    scores = mode_scores(p, metrics, embedder)
+    mode, reasons = choose_mode(scores, metric, p.retrieval.modes)
+    naive = versus_naive(metric, scores[mode], metrics["naive"], f"{mode} search")
+    config = RetrievalConfig.of(
+        p.retrieval,
+        embedder_name=p.models.embedder_name,
+        embedder_version=champion,
+        chunks_md5=chunks_md5,
+        chunking=p.data.chunk.model_dump(),
+        mode=mode,
+        metric=metric,
+        scores={**scores, "naive": metrics["naive"]},
+        reasons=[*reasons, naive["summary"]],
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "retrieval"
+        write_unit(folder, config, paths.LEXICAL_INDEX)
+        uri = log_retrieval_model(
+            folder,
+            "register_retrieval",
+            config.model_dump(
+                include={
+                    "embedder_name",
+                    "embedder_version",
+                    "chunking",
+                    "mode",
+                    "rrf_k",
+                    "dense_weight",
+                    "lexical_weight",
+                    "candidates",
+                    "stemmer",
+                }
+            ),
+            tags,
+            [f"{pkg}=={version(pkg)}" for pkg in ("bm25s", "PyStemmer", "mlflow")],
+        )
+    name, alias = p.models.retrieval_name, p.models.champion_alias
+    new = registry.register(uri, name, tags | {"mode": mode, "embedder_version": champion})
+    registry.tag(name, new, {"gate.decision": "promoted", "gate.reasons": " | ".join(config.reasons)})
+    registry.promote(name, alias, new)
+    log.info("promoted model=%s version=%s alias=%s mode=%s embedder=%s", name, new, alias, mode, champion)
+    return {
+        "version": new,
+        "champion_version": new,
+        "embedder_version": champion,
+        "mode": mode,
+        "metric": metric,
+        "scores": scores,
+        "reasons": reasons,
+        "versus_naive": naive,
+    }

@@ -1,0 +1,177 @@
+"""Lexical search, rank fusion, the evaluation's mode rankings, the mode choice and the registered unit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow.tracking._model_registry import utils as registry_utils
+from mlflow.tracking._tracking_service import utils as tracking_utils
+
+from core.fusion import reciprocal_rank_fusion
+from core.lexical import LexicalIndex
+from core.registry import Registry
+from core.retrieval_params import RetrievalParams
+from core.retrieval_unit import ARTIFACT, LexicalSearchModel, RetrievalConfig, read_unit, write_unit
+from evaluation.register_retrieval import choose_mode, versus_naive
+from evaluation.retrieval import document_metrics, hybrid_rankings, lexical_rankings, to_documents
+
+TEXTS = {
+    "a": "json.dumps converts a Python object to a JSON string.",
+    "b": "Reading files line by line with a for loop over the file object.",
+    "c": "Lists are mutable sequences; tuples are immutable.",
+    "d": "The zipfile module reads and writes ZIP archives.",
+}
+
+
+def _index(stemmer: str = "english") -> LexicalIndex:
+    return LexicalIndex.build(list(TEXTS), list(TEXTS.values()), stemmer)
+
+
+# ---- fusion -----------------------------------------------------------------------------------------
+
+
+def test_rrf_adds_weighted_reciprocal_ranks() -> None:
+    fused = dict(reciprocal_rank_fusion([["a", "b"], ["b", "c"]], [1.0, 2.0], k=10))
+    assert fused == pytest.approx({"a": 1 / 11, "b": 1 / 12 + 2 / 11, "c": 2 / 12})
+    assert [i for i, _ in reciprocal_rank_fusion([["a", "b"], ["b", "c"]], [1.0, 2.0], k=10)] == ["b", "c", "a"]
+
+
+def test_rrf_keeps_a_lone_list_and_breaks_ties_by_first_seen() -> None:
+    assert [i for i, _ in reciprocal_rank_fusion([["x", "y", "z"], []], [1.0, 1.0])] == ["x", "y", "z"]
+    # x and y each at rank 1 in one list: equal scores, the first list's item first
+    assert [i for i, _ in reciprocal_rank_fusion([["x"], ["y"]], [1.0, 1.0])] == ["x", "y"]
+    # a zero weight silences a list (its items still come last, in order)
+    assert [i for i, _ in reciprocal_rank_fusion([["x", "y"], ["y", "q"]], [1.0, 0.0])] == ["x", "y", "q"]
+
+
+@pytest.mark.parametrize(
+    ("rankings", "weights", "k", "match"),
+    [([["a"]], [1.0, 1.0], 60, "1 rankings but 2 weights"), ([["a"]], [-1.0], 60, ">= 0"), ([["a"]], [1.0], 0, "k")],
+)
+def test_rrf_refuses_bad_arguments(rankings: list[list[str]], weights: list[float], k: int, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        reciprocal_rank_fusion(rankings, weights, k)
+
+
+# ---- lexical index -----------------------------------------------------------------------------------
+
+
+def test_lexical_search_stems_drops_stopwords_and_skips_non_matching_chunks() -> None:
+    ix = _index()
+    hits = ix.search(["reading files", "the of and", "json tuples"], k=10)
+    assert [c for c, _ in hits[0]] == ["b", "d"]  # "reads" and "reading" share a stem with "read"
+    assert hits[1] == []  # only stopwords: nothing matches, nothing is made up
+    assert {c for c, _ in hits[2]} == {"a", "c"} and all(s > 0 for _, s in hits[2])
+    unstemmed = _index("none").search(["reading files"], k=10)[0]
+    assert [c for c, _ in unstemmed] == ["b"]  # without stemming "reads" does not match "reading"
+
+
+def test_lexical_mask_and_k_larger_than_the_index() -> None:
+    ix = _index()
+    mask = np.array([0, 0, 0, 1], dtype=np.float32)
+    assert [c for c, _ in ix.search(["reading files"], k=50, allowed=mask)[0]] == ["d"]
+
+
+def test_lexical_index_round_trips_through_files(tmp_path: Path) -> None:
+    ix = _index()
+    ix.save(tmp_path / "lex")
+    again = LexicalIndex.load(tmp_path / "lex")
+    assert again.ids == ix.ids and again.stemmer == "english"
+    assert again.search(["zip archives"], 2) == ix.search(["zip archives"], 2)
+    with pytest.raises(ValueError, match="no chunks"):
+        LexicalIndex.build([], [])
+    with pytest.raises(FileNotFoundError):
+        LexicalIndex.load(tmp_path / "missing")
+
+
+# ---- the evaluation's rankings -------------------------------------------------------------------------
+
+
+def test_hybrid_rankings_fuse_chunk_rows_then_documents_dedupe() -> None:
+    dense, lexical = [[0, 1, 2]], [[2, 3]]  # row 2 is dense's third: cut off by `candidates`
+    # equal weights: 0 and 2 tie at 1/2 (dense's first wins), 1 and 3 at 1/3
+    assert hybrid_rankings(dense, lexical, RetrievalParams(candidates=2, rrf_k=1)) == [[0, 2, 1, 3]]
+    fused = hybrid_rankings(dense, lexical, RetrievalParams(candidates=2, rrf_k=1, lexical_weight=2.0))
+    assert fused == [[2, 3, 0, 1]]  # 2/2, 2/3, 1/2, 1/3
+    docs = to_documents(fused, ["d0", "d0", "d1", "d2"], depth=10)
+    assert docs == [["d1", "d2", "d0"]]
+    assert document_metrics(docs, ["d0"], (1, 10)) == {
+        "recall@1": 0.0,
+        "recall@10": 1.0,
+        "mrr@10": 0.3333,
+        "ndcg@10": 0.5,
+    }
+
+
+def test_lexical_rankings_are_rows_of_the_index() -> None:
+    assert lexical_rankings(_index(), ["zip archives", "zzqx"], 10) == [[3], []]
+
+
+# ---- choosing the served mode ----------------------------------------------------------------------------
+
+
+def test_choose_mode_takes_the_best_and_the_first_listed_on_a_tie() -> None:
+    scores = {"dense": {"mrr@10": 0.8}, "hybrid": {"mrr@10": 0.8}, "lexical": {"mrr@10": 0.7}}
+    mode, reasons = choose_mode(scores, "mrr@10", ["dense", "hybrid", "lexical"])
+    assert mode == "dense" and reasons[0] == "dense: mrr@10 0.8000 -> chosen"
+    assert choose_mode(scores, "mrr@10", ["hybrid", "dense"])[0] == "hybrid"
+    scores["lexical"]["mrr@10"] = 0.9
+    mode, reasons = choose_mode(scores, "mrr@10", ["dense", "hybrid", "lexical"])
+    assert mode == "lexical" and reasons[1] == "dense: mrr@10 0.8000 (-0.1000)"
+
+
+def test_versus_naive_reports_gains_per_metric() -> None:
+    out = versus_naive("mrr@10", {"mrr@10": 0.84, "recall@10": 0.95}, {"mrr@10": 0.79, "recall@10": 0.96}, "hybrid")
+    assert out["gains"] == {"mrr@10": 0.05, "recall@10": -0.01}
+    assert out["summary"].startswith("hybrid mrr@10 0.84 beats the naive recipe's 0.79 (+0.0500)")
+
+
+# ---- the registered unit -----------------------------------------------------------------------------------
+
+
+def _config() -> RetrievalConfig:
+    return RetrievalConfig.of(
+        RetrievalParams(),
+        embedder_name="embedder",
+        embedder_version="3",
+        chunks_md5="abc",
+        chunking={"chunk_tokens": 200},
+        mode="hybrid",
+        metric="mrr@10",
+        scores={"hybrid": {"mrr@10": 0.84}},
+        reasons=["hybrid: mrr@10 0.8400 -> chosen"],
+    )
+
+
+def test_unit_logged_registered_downloaded_and_loaded_as_pyfunc(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through a real (temporary sqlite) MLflow registry: what the server downloads reads back whole, and
+    `mlflow.pyfunc.load_model` answers queries with the lexical half."""
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(tracking_utils, "_tracking_uri", None)
+    monkeypatch.setattr(registry_utils, "_registry_uri", None)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(experiment_id=mlflow.create_experiment("t", (tmp_path / "art").as_uri()))
+    lexical_dir = tmp_path / "lexical"
+    _index().save(lexical_dir)
+    write_unit(tmp_path / "unit", _config(), lexical_dir)
+    with mlflow.start_run():
+        info = mlflow.pyfunc.log_model(
+            name="retrieval", python_model=LexicalSearchModel(), artifacts={ARTIFACT: str(tmp_path / "unit")}
+        )
+    registry = Registry(uri)
+    version = registry.register(str(info.model_uri), "retrieval")
+    folder = registry.download("retrieval", version, tmp_path / "dl")
+    config, lexical = read_unit(folder)
+    assert config == _config() and lexical.ids == list(TEXTS)
+    model = mlflow.pyfunc.load_model(f"models:/retrieval/{version}")
+    out = model.predict(["zip archives"], params={"top_k": 2})
+    assert out[0]["query"] == "zip archives" and out[0]["chunk_ids"] == ["d"]
+    with pytest.raises(FileNotFoundError, match=r"retrieval\.json"):
+        read_unit(tmp_path / "lexical")
