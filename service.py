@@ -28,7 +28,7 @@ from serving.http import cancel_on_disconnect, create_app, respond
 from serving.metrics import PrometheusObserver, record_request
 from serving.platform import Platform
 from serving.registry import load_models
-from serving.schemas import ChatCompletionRequest, EmbeddingRequest, RagRequest, SearchRequest
+from serving.schemas import ChatCompletionRequest, EmbeddingRequest, RagRequest, RerankRequest, SearchRequest
 from serving.settings import load_settings, service_resources
 
 SETTINGS = load_settings()
@@ -99,6 +99,11 @@ async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
 @app.post("/search", response_model=None)
 async def search(body: SearchRequest, request: Request) -> Response:
     return respond(await handlers().retrieval.search(body, request.state.record))
+
+
+@app.post("/rerank", response_model=None)
+async def rerank(body: RerankRequest, request: Request) -> Response:
+    return respond(await handlers().retrieval.rerank(body, request.state.record))
 
 
 @app.post("/rag", response_model=None)

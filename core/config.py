@@ -21,11 +21,11 @@ from typing import Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from core.retrieval_params import RetrievalParams
+from core.retrieval_params import RetrievalParams, TrainRerankerParams
 from core.sections import Section
 from core.serving_params import ServingParams
 
-__all__ = ["RetrievalParams", "ServingParams"]  # sections of Params, defined beside it for size
+__all__ = ["RetrievalParams", "ServingParams", "TrainRerankerParams"]  # sections of Params, defined beside it for size
 
 
 class ConfigError(ValueError):
@@ -213,6 +213,7 @@ class ModelsParams(Section):
     """Registered model name in the MLflow registry."""
     embedder_name: str = "embedder"
     retrieval_name: str = "retrieval"
+    reranker_name: str = "reranker"
     """The registered retrieval configuration (core/retrieval_unit.py): embedder version, mode, lexical index."""
     champion_alias: str = "champion"
 
@@ -291,6 +292,9 @@ class GateParams(Section):
     chat_metric: Literal["eval_loss"] = "eval_loss"
     """Lower is better."""
     chat_min_gain: float = 0.0
+    reranker_min_gain: float = 0.0
+    """Reranking the hybrid candidates must beat the best mode without it (gate metric) by more than this,
+    or the reranker is registered but not promoted and search serves without it."""
     champion_tolerance: float = Field(default=0.0, ge=0)
     """How much worse than the current champion a candidate may be and still be promoted."""
 
@@ -322,6 +326,7 @@ class Params(Section):
     models: ModelsParams = ModelsParams()
     train_embedder: TrainEmbedderParams = TrainEmbedderParams()
     train_chat: TrainChatParams = TrainChatParams()
+    train_reranker: TrainRerankerParams = TrainRerankerParams()
     evaluate: EvaluateParams = EvaluateParams()
     gate: GateParams = GateParams()
     retrieval: RetrievalParams = RetrievalParams()

@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from sentence_transformers import SentenceTransformer
+from sentence_transformers.cross_encoder import CrossEncoder
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from core.device import pick_device, pick_dtype
@@ -75,6 +76,27 @@ def load_embedder(source: str | Path, device: str | None = None) -> SentenceTran
 
             return mlflow.sentence_transformers.load_model(str(folder)).to(device)
         return SentenceTransformer(str(folder), device=device)
+
+
+def load_reranker(source: str | Path, device: str | None = None) -> CrossEncoder:
+    """Load a sentence-transformers cross-encoder (training/reranker.py).
+
+    Args:
+        source: a folder, a `file://` URI or a `models:/` registry URI (a pyfunc whose artifact is the model).
+        device: where to put it; None: `core.device.pick_device()`.
+
+    Raises:
+        FileNotFoundError: `source` names no folder, or a logged model without a cross-encoder inside.
+        RegistryError: a registry URI that the registry cannot resolve or supply.
+    """
+    device = pick_device(device)
+    with _local_folder(source) as folder:
+        if _is_mlflow_folder(folder):  # logged by core.tracking.log_reranker_model: artifacts/<name>/
+            inner = [d for d in sorted((folder / "artifacts").glob("*")) if (d / "config.json").is_file()]
+            if not inner:
+                raise FileNotFoundError(f"no cross-encoder under {folder}/artifacts")
+            folder = inner[0]
+        return CrossEncoder(str(folder), device=device)
 
 
 def load_chat(source: str | Path, device: str | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

@@ -27,9 +27,30 @@ class RetrievalParams(Section):
     modes: tuple[Mode, ...] = MODES
     """The modes the register stage chooses among, by the gate metric on the held-out questions; on a tie
     the one listed first wins (so list the cheaper first)."""
+    rerank_candidates: int = Field(default=20, ge=1, le=200)
+    """How many of the fused (hybrid) chunks the reranker rescores, when one is served; the rest keep their order.
+    Its cost is linear in this: one cross-encoder forward per candidate."""
     stemmer: Literal["english", "none"] = "english"
     """BM25's tokens: Snowball-stemmed ("reads" and "reading" match) or as written."""
 
     def weights(self) -> tuple[float, float]:
         """(dense, lexical), the order `core.fusion` takes the lists in."""
         return (self.dense_weight, self.lexical_weight)
+
+
+class TrainRerankerParams(Section):
+    """Stage `train_reranker`: a cross-encoder fine-tuned from the shipped MiniLM weights (training/reranker.py)."""
+
+    max_questions: int = Field(default=600, ge=1)
+    """Held-in questions (data/questions.py) used, each with its passage and mined negatives."""
+    negatives: int = Field(default=3, ge=1)
+    """Hard negatives per question: chunks of other documents that BM25 ranks high for it."""
+    mine_depth: int = Field(default=10, ge=1)
+    """Negatives are drawn from this many top BM25 chunks of other documents."""
+    max_steps: int = Field(default=150, ge=1)
+    batch_size: int = Field(default=16, ge=1)
+    learning_rate: float = Field(default=5e-5, gt=0)
+    warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
+    max_length: int = Field(default=256, ge=32, le=512)
+    """Question + passage tokens per pair (training and serving)."""
+    logging_steps: int = Field(default=10, ge=1)

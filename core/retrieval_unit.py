@@ -1,4 +1,5 @@
-"""The registered `retrieval` model: what the server searches with, as one versioned unit.
+"""The registered `retrieval` model: what the server searches with, as one versioned unit; and the
+`reranker`'s pyfunc (a cross-encoder, registered on its own and named by the unit when it passed the gate).
 
 A version records the embedder version, the chunking, the default mode chosen by measurement, the
 fusion settings and the held-out scores (`retrieval.json`), and carries the lexical index, so a fresh
@@ -46,6 +47,11 @@ class RetrievalConfig(BaseModel):
     lexical_weight: float
     candidates: int
     stemmer: str
+    reranker_name: str | None = None
+    reranker_version: str | None = None
+    """The cross-encoder that rescores the first `rerank_candidates` results, or None when reranking did not pass
+    the gate."""
+    rerank_candidates: int = 20
     metric: str
     scores: dict[str, dict[str, float]]
     """Held-out question scores per mode (and `naive`), as measured when this version was chosen."""
@@ -59,6 +65,7 @@ class RetrievalConfig(BaseModel):
             lexical_weight=rp.lexical_weight,
             candidates=rp.candidates,
             stemmer=rp.stemmer,
+            rerank_candidates=rp.rerank_candidates,
             **fields,
         )
 
@@ -111,3 +118,18 @@ class LexicalSearchModel(PythonModel):  # type: ignore[misc]
             {"query": q, "chunk_ids": [c for c, _ in hits], "scores": [s for _, s in hits]}
             for q, hits in zip(queries, self.index.search(queries, k), strict=True)
         ]
+
+
+class RerankerModel(PythonModel):  # type: ignore[misc]
+    """The reranker's pyfunc: `[{"query": ..., "passage": ...}, ...]` -> one relevance score per pair."""
+
+    def load_context(self, context: Any) -> None:
+        from sentence_transformers.cross_encoder import CrossEncoder
+
+        self.model = CrossEncoder(context.artifacts["reranker"], device="cpu")
+
+    def predict(
+        self, context: Any, model_input: list[dict[str, str]], params: dict[str, Any] | None = None
+    ) -> list[float]:
+        pairs = [(str(row["query"]), str(row["passage"])) for row in model_input]
+        return [float(s) for s in self.model.predict(pairs, show_progress_bar=False)] if pairs else []

@@ -50,6 +50,8 @@ class ServingParams(Section):
     """Per-request deadline (queue + work); past it the request gets 504 and frees its slot."""
     retry_after_s: int = Field(default=1, ge=1)
     """`Retry-After` sent with 429/503."""
+    rerank_max_documents: int = Field(default=256, ge=1)
+    """Documents one /v1/rerank request may carry (each is one cross-encoder forward)."""
     rag_top_k: int = Field(default=4, ge=1)
     """Passages given to the chat model when a RAG request names no top_k."""
     max_top_k: int = Field(default=50, ge=1)

@@ -9,6 +9,7 @@ W&B artifacts are fragile (wandb #5712, #3098). Every MLflow run call of the pip
     log_heldout_metrics  held-out scores onto that run
     log_embedder_model / log_chat_model / log_datasets   the model and its lineage, inside a run
     log_retrieval_model  the retrieval unit (config + lexical index), in a run of its own
+    log_reranker_model   the cross-encoder, inside its training run
 
 Registering, tagging and promoting versions is `core.registry`'s job.
 """
@@ -244,6 +245,26 @@ def log_retrieval_model(
             input_example=["How do I read a file line by line?"],
             pip_requirements=pip_requirements,
         )
+    return str(info.model_uri)
+
+
+def log_reranker_model(model_dir: Path, pip_requirements: list[str]) -> str:
+    """Log a cross-encoder folder (training/reranker.py) into the active run as a pyfunc.
+
+    Returns:
+        The logged model's URI (`models:/<model_id>`), for `core.registry.Registry.register`.
+    """
+    import mlflow.pyfunc
+
+    from core.retrieval_unit import RerankerModel
+
+    info = mlflow.pyfunc.log_model(
+        name="reranker",
+        python_model=RerankerModel(),
+        artifacts={"reranker": str(model_dir)},
+        input_example=[{"query": "How do I read a file?", "passage": "open() returns a file object."}],
+        pip_requirements=pip_requirements,
+    )
     return str(info.model_uri)
 
 

@@ -7,6 +7,8 @@ Writes DVC metrics (`artifacts/metrics/evaluate.json`):
                                 windows with 200 of overlap, exact cosine, first distinct documents
     lexical                     BM25 over our chunking (core/lexical.py)
     hybrid.{base,finetuned}     dense and BM25 fused by reciprocal rank (core/fusion.py, params `retrieval`)
+    reranked                    hybrid (fine-tuned) with its top `retrieval.rerank_candidates` chunks rescored by
+                                the fine-tuned cross-encoder (training/reranker.py); `rerank_latency` its cost
     headings.{base,finetuned}   the heading queries, per chunk id (a second set, kept for comparison)
     chat.{base,finetuned}       held-out answer loss, perplexity, token F1
 the recall@k plot (naive, dense base and fine-tuned, lexical, hybrid), a sample of generated answers for a
@@ -26,7 +28,7 @@ import polars as pl
 from core import paths
 from core.config import Params, params
 from core.io import write_json
-from core.loading import load_chat, load_embedder
+from core.loading import load_chat, load_embedder, load_reranker
 from core.log import get_logger
 from core.tracking import log_heldout_metrics
 from evaluation.chat_quality import answer_quality, heldout_loss
@@ -42,13 +44,19 @@ def evaluate_embedders(p: Params) -> dict[str, Any]:
     modes: dict[str, dict[str, dict[str, float]]] = {}
     headings: dict[str, dict[str, float]] = {}
     naive: dict[str, float] = {}
+    hybrid: list[list[int]] = []
     for name, src in (("base", paths.BASE_EMBEDDER), ("finetuned", paths.EMBEDDER_MODEL)):
         model = load_embedder(src)
         if name == "base":
             naive = qs.score(model, p, naive=True)
-        modes[name] = qs.score_modes(model, p)
+        rankings = qs.mode_rankings(model, p)
+        modes[name] = {mode: qs.metrics(r, p) for mode, r in rankings.items()}
+        hybrid = rankings["hybrid"]  # the fine-tuned one's, last: what the reranker is scored on
         headings[name] = retrieval_metrics(model, queries, corpus, p.evaluate.k_values, p.evaluate.batch_size)
         del model
+    reranked_rankings, rerank_ms = qs.rerank(load_reranker(paths.RERANKER_MODEL), hybrid, p)
+    reranked = qs.metrics(reranked_rankings, p)
+    log.info("questions config=hybrid+rerank/finetuned %s", " ".join(f"{k}={v}" for k, v in reranked.items()))
     log.info("questions config=naive %s", " ".join(f"{k}={v}" for k, v in naive.items()))
     for name, by_mode in modes.items():
         for mode, m in by_mode.items():
@@ -61,6 +69,8 @@ def evaluate_embedders(p: Params) -> dict[str, Any]:
         "naive": naive,
         "lexical": modes["base"]["lexical"],
         "hybrid": {name: m["hybrid"] for name, m in modes.items()},
+        "reranked": reranked,
+        "rerank_latency": {"candidates": p.retrieval.rerank_candidates, "ms_per_query": round(rerank_ms, 1)},
         "headings": headings,
     }
 
@@ -87,13 +97,14 @@ def _log_to_training_run(run_file: Path, metrics: dict[str, float]) -> None:
 
 
 def write_recall_plot(retrieval: dict[str, Any], k_values: tuple[int, ...]) -> None:
-    """recall@k on the held-out questions: the naive recipe, dense (base, fine-tuned), lexical, hybrid (fine-tuned)."""
+    """recall@k on the held-out questions: naive, dense (base, fine-tuned), lexical, hybrid, hybrid + reranker."""
     paths.RECALL_PLOT.parent.mkdir(parents=True, exist_ok=True)
     rows = {
         "naive": retrieval["naive"],
         **retrieval["embedder"],
         "lexical": retrieval["lexical"],
         "hybrid": retrieval["hybrid"]["finetuned"],
+        "reranked": retrieval["reranked"],
     }
     with open(paths.RECALL_PLOT, "w", newline="") as f:
         w = csv.writer(f)
@@ -111,6 +122,7 @@ def main() -> None:
     write_json({**retrieval, "chat": chat}, paths.EVAL_METRICS)
     _log_to_training_run(paths.TRAIN_EMBEDDER_METRICS, retrieval["embedder"]["finetuned"])
     _log_to_training_run(paths.TRAIN_CHAT_METRICS, chat["finetuned"])
+    _log_to_training_run(paths.TRAIN_RERANKER_METRICS, retrieval["reranked"])
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@ The `retrieval` candidate is built on the embedder the gate left as champion: of
 listed first) becomes the default, and the unit (config + lexical index, core/retrieval_unit.py) is
 registered and promoted. Dense search with the champion embedder is always among the modes, so the
 promoted unit is never worse than dense search with the gated embedder; how it compares with the naive
-recipe is reported (`versus_naive`).
+recipe is reported (`versus_naive`). The fine-tuned reranker is registered too, and promoted (and named
+by the unit, which then serves hybrid + reranker) only when reranking the hybrid candidates beats the
+best mode without it.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from core.loading import load_embedder
 from core.log import get_logger
 from core.registry import Registry
 from core.retrieval_unit import RetrievalConfig, write_unit
-from core.tracking import file_md5, log_retrieval_model
+from core.tracking import file_md5, log_reranker_model, log_retrieval_model, resume_run
 from evaluation.retrieval import QuestionSet
 
 log = get_logger(__name__)
@@ -97,7 +99,14 @@ def register_retrieval(
     metric = p.gate.embedder_metric
     scores = mode_scores(p, metrics, embedder)
     mode, reasons = choose_mode(scores, metric, p.retrieval.modes)
-    naive = versus_naive(metric, scores[mode], metrics["naive"], f"{mode} search")
+    reranker = register_reranker(p, registry, metrics, embedder, scores[mode], mode, tags)
+    reasons.append(reranker["reason"])
+    served = scores[mode]
+    if reranker["promote"]:
+        mode, served = "hybrid", metrics["reranked"]
+    naive = versus_naive(
+        metric, served, metrics["naive"], f"{mode} search" + (" + reranker" if reranker["promote"] else "")
+    )
     config = RetrievalConfig.of(
         p.retrieval,
         embedder_name=p.models.embedder_name,
@@ -106,8 +115,10 @@ def register_retrieval(
         chunking=p.data.chunk.model_dump(),
         mode=mode,
         metric=metric,
-        scores={**scores, "naive": metrics["naive"]},
+        scores={**scores, "reranked": metrics["reranked"], "naive": metrics["naive"]},
         reasons=[*reasons, naive["summary"]],
+        reranker_name=p.models.reranker_name if reranker["promote"] else None,
+        reranker_version=reranker["version"] if reranker["promote"] else None,
     )
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "retrieval"
@@ -132,7 +143,9 @@ def register_retrieval(
             [f"{pkg}=={version(pkg)}" for pkg in ("bm25s", "PyStemmer", "mlflow")],
         )
     name, alias = p.models.retrieval_name, p.models.champion_alias
-    new = registry.register(uri, name, tags | {"mode": mode, "embedder_version": champion})
+    new = registry.register(
+        uri, name, tags | {"mode": mode, "embedder_version": champion, "reranker_version": str(config.reranker_version)}
+    )
     registry.tag(name, new, {"gate.decision": "promoted", "gate.reasons": " | ".join(config.reasons)})
     registry.promote(name, alias, new)
     log.info("promoted model=%s version=%s alias=%s mode=%s embedder=%s", name, new, alias, mode, champion)
@@ -141,8 +154,66 @@ def register_retrieval(
         "champion_version": new,
         "embedder_version": champion,
         "mode": mode,
+        "reranker": reranker,
         "metric": metric,
         "scores": scores,
         "reasons": reasons,
         "versus_naive": naive,
+    }
+
+
+def reranker_decision(
+    metric: str, reranked: float | None, best: float, best_mode: str, min_gain: float
+) -> tuple[bool, str]:
+    """Whether reranking passes the gate: it must beat the best mode without it by more than `min_gain`.
+
+    Args:
+        reranked: the hybrid + reranker score with the champion embedder, None when not measured with it.
+    """
+    if reranked is None:
+        return False, "reranker: not measured with the champion embedder (only with the candidate) -> not used"
+    gain = reranked - best
+    ok = gain > min_gain
+    return ok, (
+        f"hybrid + reranker: {metric} {reranked:.4f} vs {best_mode} {best:.4f} ({gain:+.4f}; needs > {min_gain}) -> "
+        + ("pass" if ok else "FAIL, served without the reranker")
+    )
+
+
+def register_reranker(
+    p: Params,
+    registry: Registry,
+    metrics: dict[str, Any],
+    embedder: dict[str, Any],
+    best: dict[str, float],
+    best_mode: str,
+    tags: dict[str, str],
+) -> dict[str, Any]:
+    """Log the fine-tuned cross-encoder into its training run, register it, and promote it when reranking the
+    hybrid candidates beats the best mode without reranking (`gate.reranker_min_gain`)."""
+    metric = p.gate.embedder_metric
+    measured = embedder["champion_version"] == embedder["version"]  # evaluate reranked the candidate's hybrid list
+    promote, reason = reranker_decision(
+        metric, metrics["reranked"][metric] if measured else None, best[metric], best_mode, p.gate.reranker_min_gain
+    )
+    run_id = json.loads(paths.TRAIN_RERANKER_METRICS.read_text())["run_id"]
+    with resume_run(run_id):
+        uri = log_reranker_model(
+            paths.RERANKER_MODEL,
+            [f"{pkg}=={version(pkg)}" for pkg in ("sentence-transformers", "transformers", "torch")],
+        )
+    name = p.models.reranker_name
+    heldout = {f"heldout.{k.replace('@', '_at_')}": str(v) for k, v in metrics["reranked"].items()}
+    new = registry.register(uri, name, tags | heldout)
+    registry.tag(name, new, {"gate.decision": "promoted" if promote else "rejected", "gate.reasons": reason})
+    if promote:
+        registry.promote(name, p.models.champion_alias, new)
+        log.info("promoted model=%s version=%s alias=%s", name, new, p.models.champion_alias)
+    else:
+        log.warning("not promoted model=%s version=%s reason=%s", name, new, reason)
+    return {
+        "version": new,
+        "promote": promote,
+        "reason": reason,
+        "champion_version": registry.find(name, p.models.champion_alias),
     }

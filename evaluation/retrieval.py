@@ -9,11 +9,13 @@ similarity, exact search), so those numbers are the ones its users know.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import polars as pl
 from sentence_transformers import SentenceTransformer
+from sentence_transformers.cross_encoder import CrossEncoder
 from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
 
 from core import paths
@@ -108,6 +110,36 @@ def hybrid_rankings(dense: list[list[int]], lexical: list[list[int]], rp: Retrie
         [row for row, _ in reciprocal_rank_fusion([d[: rp.candidates], lx[: rp.candidates]], rp.weights(), rp.rrf_k)]
         for d, lx in zip(dense, lexical, strict=True)
     ]
+
+
+def rerank_rankings(
+    reranker: CrossEncoder,
+    queries: Sequence[str],
+    texts: Sequence[str],
+    rankings: Sequence[Sequence[int]],
+    top: int,
+    batch_size: int = 64,
+) -> tuple[list[list[int]], float]:
+    """Each ranking's first `top` rows reordered by the cross-encoder's score for (query, text); the rest
+    keep their order after them. Every pair goes through one `predict` call (batched, sorted by length).
+
+    Returns:
+        The reranked rankings and the milliseconds of scoring per query.
+    """
+    heads = [list(r[:top]) for r in rankings]
+    pairs = [(q, texts[j]) for q, head in zip(queries, heads, strict=True) for j in head]
+    t0 = time.perf_counter()
+    scores = (
+        [float(x) for x in reranker.predict(pairs, batch_size=batch_size, show_progress_bar=False)] if pairs else []
+    )
+    ms = (time.perf_counter() - t0) * 1000 / max(len(queries), 1)
+    out, i = [], 0
+    for head, ranking in zip(heads, rankings, strict=True):
+        s = scores[i : i + len(head)]
+        i += len(head)
+        order = sorted(range(len(head)), key=lambda k: -s[k])  # stable: ties keep the first stage's order
+        out.append([head[k] for k in order] + list(ranking[len(head) :]))
+    return out, ms
 
 
 def to_documents(rankings: Sequence[Sequence[int]], doc_of: Sequence[str], depth: int) -> list[list[str]]:
@@ -208,17 +240,37 @@ class QuestionSet:
             self._lexical = lexical_rankings(index, self.questions["query"].to_list(), self.chunks.height)
         return self._lexical
 
-    def score_modes(self, model: SentenceTransformer, p: Params) -> dict[str, dict[str, float]]:
-        """Every retrieval mode over our chunks: `dense` (`model`), `lexical` (BM25), `hybrid` (the two fused)."""
-        queries, doc_of = self.questions["query"].to_list(), self.chunks["doc_id"].to_list()
-        depth, relevant = max(max(p.evaluate.k_values), 10), self.questions["doc_id"].to_list()
+    def mode_rankings(self, model: SentenceTransformer, p: Params) -> dict[str, list[list[int]]]:
+        """Chunk rankings for every question in every mode: `dense` (`model`), `lexical` (BM25), `hybrid` (fused)."""
+        queries = self.questions["query"].to_list()
         dense = dense_rankings(model, self.chunks, queries, self.chunks.height, p.evaluate.batch_size)
-        rankings = {
+        return {
             "dense": dense,
             "lexical": self.lexical(p),
             "hybrid": hybrid_rankings(dense, self.lexical(p), p.retrieval),
         }
-        return {
-            mode: document_metrics(to_documents(r, doc_of, depth), relevant, p.evaluate.k_values)
-            for mode, r in rankings.items()
-        }
+
+    def metrics(self, rankings: list[list[int]], p: Params) -> dict[str, float]:
+        """Chunk rankings judged per document (see `document_metrics`)."""
+        depth = max(max(p.evaluate.k_values), 10)
+        docs = to_documents(rankings, self.chunks["doc_id"].to_list(), depth)
+        return document_metrics(docs, self.questions["doc_id"].to_list(), p.evaluate.k_values)
+
+    def score_modes(self, model: SentenceTransformer, p: Params) -> dict[str, dict[str, float]]:
+        """Every retrieval mode's metrics with `model` (see `mode_rankings`)."""
+        return {mode: self.metrics(r, p) for mode, r in self.mode_rankings(model, p).items()}
+
+    def rerank(self, reranker: CrossEncoder, rankings: list[list[int]], p: Params) -> tuple[list[list[int]], float]:
+        """`rankings` with their first `retrieval.rerank_candidates` rows reordered by `reranker`.
+
+        Returns:
+            The new rankings and the reranker's milliseconds per question (all pairs scored in batches).
+        """
+        return rerank_rankings(
+            reranker,
+            self.questions["query"].to_list(),
+            self.chunks["text"].to_list(),
+            rankings,
+            p.retrieval.rerank_candidates,
+            p.evaluate.batch_size,
+        )

@@ -8,6 +8,7 @@ from core.log import get_logger
 from serving.engines.chat import ChatEngine
 from serving.engines.embedder import EmbedderEngine
 from serving.engines.rag import RagService
+from serving.engines.reranker import RerankerEngine
 from serving.engines.retriever import Retriever
 from serving.engines.types import EngineObserver
 from serving.faults import StepDelay
@@ -27,6 +28,8 @@ class Platform:
     chat_info: ServedModel
     retrieval_info: ServedModel
     index_name: str
+    reranker: RerankerEngine | None = None
+    reranker_info: ServedModel | None = None
     ready: bool = False
 
     @classmethod
@@ -51,7 +54,10 @@ class Platform:
             retry_after_s=s.retry_after_s,
             observer=observer,
         )
-        retriever = Retriever(embedder, models.collection, models.lexical, models.retrieval, max_top_k=s.max_top_k)
+        reranker = RerankerEngine(models.reranker, max_documents=s.rerank_max_documents) if models.reranker else None  # type: ignore[arg-type]
+        retriever = Retriever(
+            embedder, models.collection, models.lexical, models.retrieval, reranker=reranker, max_top_k=s.max_top_k
+        )
         rag = RagService(retriever, chat, default_top_k=s.rag_top_k)
         if settings.debug_step_delay_ms > 0:  # test-only: a deterministically slow model (serving/faults.py)
             StepDelay(models.chat_model, settings.debug_step_delay_ms / 1000)  # type: ignore[arg-type]
@@ -64,11 +70,15 @@ class Platform:
             models.chat_info,
             models.retrieval_info,
             models.index.collection,
+            reranker,
+            models.reranker_info,
         )
 
     def start(self) -> None:
         """Warm both models, then start the chat scheduler; ready only after both."""
         self.embedder.warmup()
+        if self.reranker is not None:
+            self.reranker.warmup()
         self.chat.warmup()
         self.chat.start()
         self.ready = True

@@ -23,7 +23,7 @@ from chromadb.api.models.Collection import Collection
 from core.device import pick_device
 from core.errors import RegistryError, StartupError
 from core.lexical import LexicalIndex
-from core.loading import load_chat, load_embedder
+from core.loading import load_chat, load_embedder, load_reranker
 from core.log import get_logger
 from core.registry import Registry
 from core.retrieval_unit import RetrievalConfig, read_unit
@@ -67,8 +67,8 @@ def _cached_versions(root: Path) -> list[str]:
     return sorted(done, key=lambda v: (len(v), v))  # registry versions are integers as strings
 
 
-def fetch(name: str, alias: str, settings: Settings) -> ServedModel:
-    """Resolve `name@alias` and make sure that version is in the local cache.
+def fetch(name: str, alias: str, settings: Settings, version: str | None = None) -> ServedModel:
+    """Resolve `name@alias` (or take `version` as given) and make sure that version is in the local cache.
 
     Raises:
         StartupError: neither the registry nor the cache can supply a version.
@@ -76,6 +76,15 @@ def fetch(name: str, alias: str, settings: Settings) -> ServedModel:
     root = settings.cache_root() / name
     pointer = root / f"alias-{alias}.json"
     registry = Registry(settings.tracking_uri)
+    if version is not None:
+        if (root / version / _MARKER).exists():
+            log.info("%s version %s found in the cache %s", name, version, root / version)
+            return ServedModel(name, alias, version, root / version, False)
+        try:
+            _download(registry, name, version, root / version)
+        except RegistryError as e:
+            raise StartupError(f"cannot cache {name} version {version} into {root / version}: {e}") from e
+        return ServedModel(name, alias, version, root / version, False)
     try:
         version = registry.resolve(name, alias)
     except RegistryError as e:
@@ -118,6 +127,8 @@ class LoadedModels:
     retrieval_info: ServedModel
     retrieval: RetrievalConfig
     lexical: LexicalIndex
+    reranker_info: ServedModel | None = None
+    reranker: object | None = None  # CrossEncoder, when the retrieval unit names one
 
 
 def open_index(settings: Settings, embedder: ServedModel) -> tuple[ActiveIndex, Collection]:
@@ -185,16 +196,34 @@ def load_models(settings: Settings) -> LoadedModels:
     device = pick_device(settings.device)
     embedder = load_embedder(emb_info.path, device=device)
     chat_model, tokenizer = load_chat(chat_info.path, device=device)
+    reranker_info, reranker = None, None
+    if retrieval.reranker_name and retrieval.reranker_version:  # the version the unit was measured with
+        reranker_info = fetch(
+            retrieval.reranker_name, f"v{retrieval.reranker_version}", settings, retrieval.reranker_version
+        )
+        reranker = load_reranker(reranker_info.path, device=device)
     log.info(
-        "loaded embedder=%s chat=%s retrieval=%s mode=%s index=%s (%d chunks) device=%s",
+        "loaded embedder=%s chat=%s retrieval=%s mode=%s reranker=%s index=%s (%d chunks) device=%s",
         emb_info.version,
         chat_info.version,
         retrieval_info.version,
         retrieval.mode,
+        retrieval.reranker_version,
         index.collection,
         index.count,
         device,
     )
     return LoadedModels(
-        emb_info, chat_info, embedder, chat_model, tokenizer, index, collection, retrieval_info, retrieval, lexical
+        emb_info,
+        chat_info,
+        embedder,
+        chat_model,
+        tokenizer,
+        index,
+        collection,
+        retrieval_info,
+        retrieval,
+        lexical,
+        reranker_info,
+        reranker,
     )

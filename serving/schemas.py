@@ -304,12 +304,61 @@ class SearchRequest(_Request):
     filter: dict[str, Any] | None = None
     mode: Mode | None = None
     """`dense`, `lexical` or `hybrid`; omitted: the mode the pipeline measured best (the `retrieval` unit's)."""
+    rerank: bool | None = None
+    """Rescore with the reranker; omitted: when the served `retrieval` unit names one."""
 
 
 class SearchResponse(BaseModel):
     results: list[SearchResult]
     model: str
     mode: Mode
+    reranked: bool
+
+
+class RerankRequest(_Request):
+    """Cohere's shape, as vLLM serves it (`query`, `documents`, `top_n`); TEI's `texts` is accepted for `documents`."""
+
+    model: str = "reranker"
+    query: str = Field(min_length=1)
+    documents: list[str] | None = None
+    texts: list[str] | None = None
+    top_n: int | None = Field(default=None, ge=0)
+    """How many results, best first; None or 0: all."""
+    return_documents: bool = True
+
+    def docs(self) -> list[str]:
+        """The documents to score, from `documents` or `texts`.
+
+        Raises:
+            InvalidRequest: neither or both given.
+        """
+        if (self.documents is None) == (self.texts is None):
+            raise InvalidRequest(
+                "give the passages to rerank in `documents` (or TEI's `texts`), once", param="documents"
+            )
+        return list(self.documents if self.documents is not None else self.texts or [])
+
+
+class RerankDocument(BaseModel):
+    text: str
+
+
+class RerankResult(BaseModel):
+    index: int
+    """The document's position in the request."""
+    relevance_score: float
+    document: RerankDocument | None = None
+
+
+class RerankUsage(BaseModel):
+    total_tokens: int
+
+
+class RerankResponse(BaseModel):
+    id: str
+    model: str
+    results: list[RerankResult]
+    usage: RerankUsage
 
 
 class RagRequest(_Request):
@@ -374,6 +423,8 @@ class StatusResponse(BaseModel):
     """The Chroma collection queries run against."""
     search_mode: Mode
     """What search and RAG use when a request names no `mode` (the served `retrieval` version's)."""
+    reranker: bool
+    """Whether search and RAG rescore with a reranker by default (and /v1/rerank is served)."""
 
 
 def new_id(prefix: str) -> str:

@@ -1,6 +1,8 @@
 """Retriever: dense (the served embedder over the active Chroma collection), lexical (BM25) or both fused.
 
-The modes and their fusion are the ones the pipeline measured (evaluation/retrieval.py uses the same
+Then, when the registered unit names a reranker (it beat the best mode without one on the held-out
+questions), the first `rerank_candidates` results are rescored by it. The modes and their fusion are the
+ones the pipeline measured (evaluation/retrieval.py uses the same
 `core.lexical` and `core.fusion`); the default mode and the fusion settings come from the registered
 `retrieval` unit. Chroma holds the chunks' text and metadata for every mode, and its `where` filter
 is applied to lexical search too (as a mask over the BM25 rows), so a filter means the same in each.
@@ -21,6 +23,7 @@ from core.lexical import LexicalIndex
 from core.retrieval_params import Mode
 from core.retrieval_unit import RetrievalConfig
 from serving.engines.embedder import EmbedderEngine
+from serving.engines.reranker import RerankerEngine
 from serving.engines.types import SearchHit
 
 # how chromadb 1.5 rejects a bad `where`
@@ -43,12 +46,14 @@ class Retriever:
         lexical: LexicalIndex,
         config: RetrievalConfig,
         *,
+        reranker: RerankerEngine | None = None,
         max_top_k: int = 50,
     ) -> None:
         self.embedder = embedder
         self.collection = collection
         self.lexical = lexical
         self.config = config
+        self.reranker = reranker
         self.max_top_k = max_top_k
         self._row_of = {cid: i for i, cid in enumerate(lexical.ids)}
 
@@ -57,7 +62,12 @@ class Retriever:
         return self.config.mode
 
     async def search(
-        self, query: str, top_k: int, where: dict[str, Any] | None = None, mode: Mode | None = None
+        self,
+        query: str,
+        top_k: int,
+        where: dict[str, Any] | None = None,
+        mode: Mode | None = None,
+        rerank: bool | None = None,
     ) -> list[SearchHit]:
         """The `top_k` best chunks for `query`, best first.
 
@@ -67,13 +77,32 @@ class Retriever:
             where: a Chroma metadata filter, e.g. `{"source": "library/json.md"}` or `{"$and": [...]}`.
             mode: `dense` (score: cosine similarity), `lexical` (BM25 score) or `hybrid` (fused
                 reciprocal-rank score); None takes the registered default.
+            rerank: rescore the first `max(top_k, rerank_candidates)` results with the reranker (score: its
+                relevance in [0, 1]); None: when the registered unit names a reranker.
 
         Raises:
-            InvalidRequest: top_k out of range, a query over the embedder's window, or a filter Chroma rejects.
+            InvalidRequest: top_k out of range, a query over the embedder's window, a filter Chroma rejects,
+                or `rerank` asked of a server that serves no reranker.
         """
         if not 1 <= top_k <= self.max_top_k:
             raise InvalidRequest(f"top_k must be between 1 and {self.max_top_k} (got {top_k})", param="top_k")
-        mode = mode or self.config.mode
+        if rerank and self.reranker is None:
+            raise InvalidRequest("this server serves no reranker (none passed the gate)", param="rerank")
+        if rerank is None:
+            rerank = self.reranker is not None
+        if not rerank:
+            return await self._first_stage(query, top_k, where, mode or self.config.mode)
+        assert self.reranker is not None
+        hits = await self._first_stage(
+            query, max(top_k, self.config.rerank_candidates), where, mode or self.config.mode
+        )
+        if not hits:
+            return hits
+        scores = await self.reranker.score(query, [h.text for h in hits])
+        order = sorted(range(len(hits)), key=lambda i: -scores[i])  # stable: ties keep the first stage's order
+        return [_hit(hits[i].id, hits[i].text, hits[i].metadata, scores[i]) for i in order[:top_k]]
+
+    async def _first_stage(self, query: str, top_k: int, where: dict[str, Any] | None, mode: Mode) -> list[SearchHit]:
         if mode == "dense":
             return await self._dense(query, top_k, where)
         depth = max(top_k, self.config.candidates)

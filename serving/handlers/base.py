@@ -10,6 +10,8 @@ from pydantic import BaseModel
 
 CHAT, EMBEDDER, RAG = "chat", "embedder", "rag"
 """The model names clients send (see /v1/models)."""
+RERANKER = "reranker"
+"""The cross-encoder served by /v1/rerank (when one passed the gate)."""
 RETRIEVAL = "retrieval"
 """The registered retrieval unit (search mode, lexical index), shown on /v1/status."""
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
-from serving.handlers.base import CHAT, EMBEDDER, RAG, RETRIEVAL
+from serving.handlers.base import CHAT, EMBEDDER, RAG, RERANKER, RETRIEVAL
 from serving.platform import Platform
 from serving.schemas import EngineStatus, ModelCard, ModelList, ServedVersion, StatusResponse
 
@@ -22,6 +23,7 @@ class ModelsHandler:
                 ModelCard(id=EMBEDDER, created=now, version=emb_v),
                 ModelCard(id=RAG, created=now, version=f"chat:{chat_v},embedder:{emb_v},retrieval:{ret_v}"),
             ]
+            + ([ModelCard(id=RERANKER, created=now, version=p.reranker_info.version)] if p.reranker_info else [])
         )
 
     def status(self) -> StatusResponse:
@@ -31,7 +33,10 @@ class ModelsHandler:
         """
         p = self.platform
         engines = {}
-        for name, engine in (("chat", p.chat), ("embedder", p.embedder)):
+        served: list[tuple[str, Any]] = [("chat", p.chat), ("embedder", p.embedder)]
+        if p.reranker is not None:
+            served.append(("reranker", p.reranker))
+        for name, engine in served:
             health, load = engine.health(), engine.load()
             engines[name] = EngineStatus(
                 healthy=health.healthy,
@@ -49,7 +54,9 @@ class ModelsHandler:
                 CHAT: ServedVersion.of(p.chat_info),
                 EMBEDDER: ServedVersion.of(p.embedder_info),
                 RETRIEVAL: ServedVersion.of(p.retrieval_info),
+                **({RERANKER: ServedVersion.of(p.reranker_info)} if p.reranker_info else {}),
             },
             index=p.index_name,
             search_mode=p.retriever.default_mode,
+            reranker=p.reranker is not None,
         )

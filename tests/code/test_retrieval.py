@@ -15,8 +15,14 @@ from core.lexical import LexicalIndex
 from core.registry import Registry
 from core.retrieval_params import RetrievalParams
 from core.retrieval_unit import ARTIFACT, LexicalSearchModel, RetrievalConfig, read_unit, write_unit
-from evaluation.register_retrieval import choose_mode, versus_naive
-from evaluation.retrieval import document_metrics, hybrid_rankings, lexical_rankings, to_documents
+from evaluation.register_retrieval import choose_mode, reranker_decision, versus_naive
+from evaluation.retrieval import (
+    document_metrics,
+    hybrid_rankings,
+    lexical_rankings,
+    rerank_rankings,
+    to_documents,
+)
 
 TEXTS = {
     "a": "json.dumps converts a Python object to a JSON string.",
@@ -175,3 +181,31 @@ def test_unit_logged_registered_downloaded_and_loaded_as_pyfunc(
     assert out[0]["query"] == "zip archives" and out[0]["chunk_ids"] == ["d"]
     with pytest.raises(FileNotFoundError, match=r"retrieval\.json"):
         read_unit(tmp_path / "lexical")
+
+
+# ---- reranking -------------------------------------------------------------------------------------------
+
+
+class _WordOverlap:
+    """A stand-in scorer with a known order (shared words), so the reordering logic is what is tested."""
+
+    def predict(self, pairs: list[tuple[str, str]], **_: object) -> list[float]:
+        return [float(len(set(q.lower().split()) & set(t.lower().split()))) for q, t in pairs]
+
+
+def test_rerank_reorders_only_the_head_and_keeps_ties_in_first_stage_order() -> None:
+    texts = ["alpha beta", "gamma", "alpha", "beta gamma delta", "alpha beta gamma"]
+    rankings = [[1, 2, 0, 4, 3]]
+    out, ms = rerank_rankings(_WordOverlap(), ["alpha beta gamma"], texts, rankings, top=3)  # type: ignore[arg-type]
+    # head [1, 2, 0] scores [1, 1, 2] -> 0 first, then 1 and 2 in their first-stage order; the tail stays
+    assert out == [[0, 1, 2, 4, 3]] and ms >= 0
+    assert rerank_rankings(_WordOverlap(), ["x"], texts, [[]], top=3)[0] == [[]]  # type: ignore[arg-type]
+
+
+def test_reranker_gate_needs_a_gain_over_the_best_mode() -> None:
+    ok, reason = reranker_decision("mrr@10", 0.86, 0.84, "hybrid", 0.0)
+    assert ok and reason == "hybrid + reranker: mrr@10 0.8600 vs hybrid 0.8400 (+0.0200; needs > 0.0) -> pass"
+    ok, reason = reranker_decision("mrr@10", 0.80, 0.84, "hybrid", 0.0)
+    assert not ok and reason.endswith("FAIL, served without the reranker")
+    ok, reason = reranker_decision("mrr@10", None, 0.84, "dense", -1.0)
+    assert not ok and "not measured with the champion embedder" in reason

@@ -53,7 +53,11 @@ def test_metrics_agree_across_dvc_the_plot_and_the_register_report(pipeline: Pat
         assert float(plot[10][side]) == pytest.approx(scores["recall@10"])
         assert scores["recall@1"] <= scores["recall@5"] <= scores["recall@10"] and scores["mrr@10"] <= 1
     assert set(metrics["headings"]) == {"base", "finetuned"}  # the heading queries stay as a second set
-    for column, scores in (("lexical", metrics["lexical"]), ("hybrid", metrics["hybrid"]["finetuned"])):
+    for column, scores in (
+        ("lexical", metrics["lexical"]),
+        ("hybrid", metrics["hybrid"]["finetuned"]),
+        ("reranked", metrics["reranked"]),
+    ):
         assert float(plot[10][column]) == pytest.approx(scores["recall@10"])
     assert set(metrics["hybrid"]) == {"base", "finetuned"}
     gains = report["embedder"]["versus_naive"]["gains"]
@@ -111,17 +115,29 @@ def test_retrieval_unit_is_the_best_measured_mode_and_in_the_registry(pipeline: 
     row = "finetuned"  # the tiny gate promotes the candidate
     scores = {"dense": metrics["embedder"][row], "lexical": metrics["lexical"], "hybrid": metrics["hybrid"][row]}
     assert r["scores"] == scores and r["embedder_version"] == report["embedder"]["champion_version"]
-    assert r["scores"][r["mode"]][metric] == max(m[metric] for m in scores.values())
     assert r["champion_version"] == r["version"]
+    # the tiny gate lets any reranker through (reranker_min_gain -1): the unit then serves hybrid + reranker
+    assert r["reranker"]["promote"] is True and r["reranker"]["champion_version"] == r["reranker"]["version"]
+    assert r["mode"] == "hybrid" and r["reasons"][-1].startswith("hybrid + reranker: recall@10")
+    best = max(m[metric] for m in scores.values())
+    assert f"{best:.4f}" in r["reasons"][0] and r["reasons"][0].endswith("-> chosen")
+    assert metrics["rerank_latency"]["candidates"] == 10 and metrics["rerank_latency"]["ms_per_query"] > 0
     script = (
         "import json, tempfile\nfrom pathlib import Path\nfrom core.registry import Registry\n"
         "from core.retrieval_unit import read_unit\nreg = Registry()\nv = reg.resolve('retrieval', 'champion')\n"
         "config, lexical = read_unit(reg.download('retrieval', v, Path(tempfile.mkdtemp()) / 'r'))\n"
-        "print(json.dumps({'version': v, 'mode': config.mode, 'embedder': config.embedder_version, 'n': len(lexical)}))"
+        "print(json.dumps({'version': v, 'mode': config.mode, 'embedder': config.embedder_version, 'n': len(lexical),"
+        " 'reranker': config.reranker_version}))"
     )
     seen = json.loads(run([sys.executable, "-c", script], pipeline).stdout.strip().splitlines()[-1])
     chunks = json.loads((pipeline / "artifacts/index/lexical/manifest.json").read_text())["chunks"]
-    assert seen == {"version": r["version"], "mode": r["mode"], "embedder": r["embedder_version"], "n": chunks}
+    assert seen == {
+        "version": r["version"],
+        "mode": r["mode"],
+        "embedder": r["embedder_version"],
+        "n": chunks,
+        "reranker": r["reranker"]["version"],
+    }
 
 
 def _strict_copy(pipeline: Path, dest: Path) -> Path:
@@ -183,9 +199,11 @@ def test_a_refused_candidate_with_no_champion_leaves_the_base_model_serving(
     )
     seen = json.loads(run([sys.executable, "-c", script], repo).stdout.strip().splitlines()[-1])
     assert seen == {"embedder": "base", "chat": "base"}
-    # the retrieval unit is built on the base embedder that now serves, with the base rows' scores
+    # the retrieval unit is built on the base embedder that now serves, with the base rows' scores; the reranker
+    # was measured over the candidate's ranking only, so it is not used
     assert report["retrieval"]["embedder_version"] == report["embedder"]["base_version"]
     assert report["retrieval"]["scores"]["hybrid"] == _evaluate_json(pipeline)["hybrid"]["base"]
+    assert report["retrieval"]["reranker"]["promote"] is False
 
 
 def test_strict_gate_refuses_and_leaves_the_champion(pipeline: Path, strict_register: Path) -> None:
@@ -200,7 +218,7 @@ def test_strict_gate_refuses_and_leaves_the_champion(pipeline: Path, strict_regi
         assert r["base_version"] is None  # a champion exists: it keeps serving
     # the retrieval unit stays on the kept champion embedder, re-scored here: the same numbers as evaluate's
     kept = report["retrieval"]
-    assert kept["embedder_version"] == first["embedder"]["version"]
+    assert kept["embedder_version"] == first["embedder"]["version"] and kept["reranker"]["promote"] is False
     for mode, row in (("dense", metrics["embedder"]["finetuned"]), ("hybrid", metrics["hybrid"]["finetuned"])):
         assert kept["scores"][mode] == pytest.approx(row, abs=2e-3), mode
     # and the registry itself says so, read in a fresh process through core.registry

@@ -17,12 +17,13 @@ from chromadb.config import Settings
 from core.errors import ContextLengthExceeded, InvalidRequest, Overloaded, QueueFull, RequestTimeout
 from core.fusion import reciprocal_rank_fusion
 from core.lexical import LexicalIndex
-from core.loading import load_chat, load_embedder
+from core.loading import load_chat, load_embedder, load_reranker
 from core.retrieval_params import RetrievalParams
 from core.retrieval_unit import RetrievalConfig
 from serving.engines.chat import ChatEngine
 from serving.engines.embedder import EmbedderEngine
 from serving.engines.rag import RagService
+from serving.engines.reranker import RerankerEngine
 from serving.engines.retriever import Retriever
 from serving.engines.types import EngineObserver, SamplingParams
 from serving.faults import StepDelay
@@ -459,6 +460,39 @@ def test_lexical_and_hybrid_search_modes(tmp_path, embedder: EmbedderEngine) -> 
     expected = reciprocal_rank_fusion([[h.id for h in dense], [h.id for h in lexical]], (1.0, 1.0), 60)
     assert [(h.id, round(h.score, 6)) for h in hybrid] == [(i, round(s, 6)) for i, s in expected][:4]
     assert hybrid[0].id == "b" and all(h.text for h in hybrid)
+
+
+def test_reranker_engine_scores_checks_and_reranks_search(tmp_path, base_dir: Path, embedder: EmbedderEngine) -> None:  # type: ignore[no-untyped-def]
+    """The engine scores exactly as the model does, refuses what it cannot score, and search with `rerank`
+    returns the first stage's hits in the reranker's order with its scores."""
+    model = load_reranker(base_dir / "embedder", device="cpu")  # the real weights; its head is untrained
+    engine = RerankerEngine(model, max_documents=3)
+    docs = ["json.dumps converts an object", "open a file", "lists are mutable"]
+    scores = asyncio.run(engine.score("How do I write JSON?", docs))
+    direct = model.predict([("How do I write JSON?", d) for d in docs])
+    assert np.allclose(scores, direct, atol=1e-5) and all(0.0 <= s <= 1.0 for s in scores)
+    for query, documents, param in (("", docs, "query"), ("q", [], "documents"), ("q", docs * 2, "documents")):
+        with pytest.raises(InvalidRequest) as e:
+            asyncio.run(engine.score(query, documents))
+        assert e.value.param == param
+    assert engine.load() == {"running": 0, "waiting": 0, "limit": 1}
+    assert engine.count_tokens("q", docs) > len(docs)
+
+    client = chromadb.PersistentClient(path=str(tmp_path), settings=Settings(anonymized_telemetry=False))
+    coll = client.create_collection("chunks-test", embedding_function=None, configuration={"hnsw": {"space": "cosine"}})
+    coll.add(ids=["a", "b", "c"], documents=docs, embeddings=embedder.embed_sync(docs))
+    retriever = Retriever(
+        embedder, coll, LexicalIndex.build(["a", "b", "c"], docs), _retrieval_config("dense"), reranker=engine
+    )
+    first = asyncio.run(retriever.search("How do I write JSON?", top_k=3, rerank=False))
+    reranked = asyncio.run(retriever.search("How do I write JSON?", top_k=2))  # the default: rerank
+    by_id = dict(zip(["a", "b", "c"], scores, strict=True))
+    expected = sorted((h.id for h in first), key=lambda i: -by_id[i])[:2]
+    assert [h.id for h in reranked] == expected
+    assert [h.score for h in reranked] == pytest.approx([by_id[i] for i in expected], abs=1e-5)
+    bare = Retriever(embedder, coll, LexicalIndex.build(["a"], ["json"]), _retrieval_config("dense"))
+    with pytest.raises(InvalidRequest, match="serves no reranker"):
+        asyncio.run(bare.search("q", top_k=1, rerank=True))
 
 
 def _retrieval_config(mode: str) -> RetrievalConfig:

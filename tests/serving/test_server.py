@@ -77,7 +77,7 @@ def _idle(chat: dict[str, Any]) -> bool:
 
 def test_models_list_names_versions(client: OpenAI) -> None:
     models = {m.id: m for m in client.models.list().data}
-    assert set(models) == {"chat", "embedder", "rag"}
+    assert set(models) == {"chat", "embedder", "rag", "reranker"}  # the tiny gate promotes the reranker
     assert all(getattr(m, "version", None) for m in models.values())
 
 
@@ -172,6 +172,42 @@ def test_search_mode_default_is_the_registered_choice(http: httpx.Client, server
     status = http.get("/v1/status").json()
     assert status["search_mode"] == report["mode"]
     assert status["models"]["retrieval"]["version"] == report["version"]
+    assert status["reranker"] is report["reranker"]["promote"] is True  # the tiny gate lets it through
+    assert status["models"]["reranker"]["version"] == report["reranker"]["version"]
+    default = http.post("/v1/search", json={"query": Q, "top_k": 3}).json()
+    plain = http.post("/v1/search", json={"query": Q, "top_k": 3, "rerank": False}).json()
+    assert default["reranked"] is True and plain["reranked"] is False
+    # the reranker's scores are relevance probabilities, and /v1/rerank gives the same for the same pair
+    assert all(0.0 <= x["score"] <= 1.0 for x in default["results"])
+    top = default["results"][0]
+    again = http.post("/v1/rerank", json={"query": Q, "documents": [top["text"]]}).json()
+    assert again["results"][0]["relevance_score"] == pytest.approx(top["score"], abs=1e-4)
+
+
+def test_rerank_in_the_shape_vllm_and_tei_clients_send(http: httpx.Client) -> None:
+    docs = ["json.dumps serialises an object to a JSON string", "Lists are mutable.", "The with statement"]
+    r = http.post(
+        "/v1/rerank", json={"model": "reranker", "query": "How do I write JSON?", "documents": docs, "top_n": 2}
+    )
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["model"] == "reranker" and out["usage"]["total_tokens"] > 0 and len(out["results"]) == 2
+    scores = [x["relevance_score"] for x in out["results"]]
+    assert scores == sorted(scores, reverse=True)
+    assert all(docs[x["index"]] == x["document"]["text"] for x in out["results"])
+    full = http.post("/v1/rerank", json={"query": "How do I write JSON?", "texts": docs, "return_documents": False})
+    results = full.json()["results"]
+    assert sorted(x["index"] for x in results) == [0, 1, 2] and all(x.get("document") is None for x in results)
+    assert [x["relevance_score"] for x in results[:2]] == pytest.approx(scores, abs=1e-5)
+    assert (
+        _error(http.post("/v1/rerank", json={"query": "q", "documents": docs, "texts": docs}), 400)["param"]
+        == "documents"
+    )
+    assert _error(http.post("/v1/rerank", json={"query": "q", "documents": []}), 400)["param"] == "documents"
+    assert (
+        _error(http.post("/v1/rerank", json={"model": "chat", "query": "q", "documents": docs}), 404)["param"]
+        == "model"
+    )
 
 
 def test_rag_plain_and_streamed(http: httpx.Client) -> None:
@@ -294,6 +330,7 @@ def test_status_says_what_is_served_and_why_ready(http: httpx.Client, server: Se
     assert {e: (v["healthy"], v.get("reason")) for e, v in s["engines"].items()} == {
         "chat": (True, None),
         "embedder": (True, None),
+        "reranker": (True, None),
     }
     models = {m["id"]: m["version"] for m in http.get("/v1/models").json()["data"]}
     assert s["models"]["chat"]["version"] == models["chat"] and s["models"]["chat"]["alias"] == "champion"
