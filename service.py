@@ -108,4 +108,4 @@ async def rerank(body: RerankRequest, request: Request) -> Response:
 
 @app.post("/rag", response_model=None)
 async def rag(body: RagRequest, request: Request) -> Response:
-    return respond(await cancel_on_disconnect(request, handlers().retrieval.rag(body, request.state.record)))
+    return respond(await cancel_on_disconnect(request, handlers().rag.answer(body, request.state.record)))

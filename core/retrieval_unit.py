@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from mlflow.pyfunc import PythonModel
 from pydantic import BaseModel, ConfigDict
@@ -52,6 +52,10 @@ class RetrievalConfig(BaseModel):
     """The cross-encoder that rescores the first `rerank_candidates` results, or None when reranking did not pass
     the gate."""
     rerank_candidates: int = 20
+    abstain_threshold: float | None = None
+    """RAG answers only when the best hit scores at least this (measured on held-out questions); None: always."""
+    abstain_score: Literal["dense", "reranker"] | None = None
+    """Which score the threshold is on: the reranker's relevance, or dense search's cosine similarity."""
     metric: str
     scores: dict[str, dict[str, float]]
     """Held-out question scores per mode (and `naive`), as measured when this version was chosen."""

@@ -50,6 +50,10 @@ class ServingParams(Section):
     """Per-request deadline (queue + work); past it the request gets 504 and frees its slot."""
     retry_after_s: int = Field(default=1, ge=1)
     """`Retry-After` sent with 429/503."""
+    rag_context_tokens: int = Field(default=1024, ge=32)
+    """Token budget for the numbered sources of a RAG prompt (core/context.py)."""
+    rag_neighbour_window: int = Field(default=1, ge=0)
+    """Hits from one document at most this many chunk positions apart are merged into one source (0: never)."""
     rerank_max_documents: int = Field(default=256, ge=1)
     """Documents one /v1/rerank request may carry (each is one cross-encoder forward)."""
     rag_top_k: int = Field(default=4, ge=1)

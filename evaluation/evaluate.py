@@ -9,6 +9,8 @@ Writes DVC metrics (`artifacts/metrics/evaluate.json`):
     hybrid.{base,finetuned}     dense and BM25 fused by reciprocal rank (core/fusion.py, params `retrieval`)
     reranked                    hybrid (fine-tuned) with its top `retrieval.rerank_candidates` chunks rescored by
                                 the fine-tuned cross-encoder (training/reranker.py); `rerank_latency` its cost
+    abstention.{dense,reranker} the RAG abstention threshold on each score and how well it separates answerable
+                                from unanswerable questions (evaluation/abstention.py)
     headings.{base,finetuned}   the heading queries, per chunk id (a second set, kept for comparison)
     chat.{base,finetuned}       held-out answer loss, perplexity, token F1
 the recall@k plot (naive, dense base and fine-tuned, lexical, hybrid), a sample of generated answers for a
@@ -31,6 +33,7 @@ from core.io import write_json
 from core.loading import load_chat, load_embedder, load_reranker
 from core.log import get_logger
 from core.tracking import log_heldout_metrics
+from evaluation.abstention import best_scores, choose_threshold
 from evaluation.chat_quality import answer_quality, heldout_loss
 from evaluation.retrieval import QuestionSet, retrieval_metrics
 
@@ -44,18 +47,25 @@ def evaluate_embedders(p: Params) -> dict[str, Any]:
     modes: dict[str, dict[str, dict[str, float]]] = {}
     headings: dict[str, dict[str, float]] = {}
     naive: dict[str, float] = {}
-    hybrid: list[list[int]] = []
+    rankings: dict[str, list[list[int]]] = {}
+    sims: list[list[float]] = []
     for name, src in (("base", paths.BASE_EMBEDDER), ("finetuned", paths.EMBEDDER_MODEL)):
         model = load_embedder(src)
         if name == "base":
             naive = qs.score(model, p, naive=True)
-        rankings = qs.mode_rankings(model, p)
+        rankings, sims = qs.scored_rankings(model, p)  # the fine-tuned one's, last: what follows is scored on it
         modes[name] = {mode: qs.metrics(r, p) for mode, r in rankings.items()}
-        hybrid = rankings["hybrid"]  # the fine-tuned one's, last: what the reranker is scored on
         headings[name] = retrieval_metrics(model, queries, corpus, p.evaluate.k_values, p.evaluate.batch_size)
         del model
-    reranked_rankings, rerank_ms = qs.rerank(load_reranker(paths.RERANKER_MODEL), hybrid, p)
+    reranked_rankings, rerank_scores, rerank_ms = qs.rerank(load_reranker(paths.RERANKER_MODEL), rankings["hybrid"], p)
     reranked = qs.metrics(reranked_rankings, p)
+    relevant = qs.questions["doc_id"].to_list()
+    abstention = {
+        "dense": choose_threshold(*best_scores(qs.scored_documents(rankings["dense"], sims), relevant)),
+        "reranker": choose_threshold(*best_scores(qs.scored_documents(reranked_rankings, rerank_scores), relevant)),
+    }
+    for kind, a in abstention.items():
+        log.info("abstention score=%s %s", kind, " ".join(f"{k}={v}" for k, v in a.items()))
     log.info("questions config=hybrid+rerank/finetuned %s", " ".join(f"{k}={v}" for k, v in reranked.items()))
     log.info("questions config=naive %s", " ".join(f"{k}={v}" for k, v in naive.items()))
     for name, by_mode in modes.items():
@@ -71,6 +81,7 @@ def evaluate_embedders(p: Params) -> dict[str, Any]:
         "hybrid": {name: m["hybrid"] for name, m in modes.items()},
         "reranked": reranked,
         "rerank_latency": {"candidates": p.retrieval.rerank_candidates, "ms_per_query": round(rerank_ms, 1)},
+        "abstention": abstention,
         "headings": headings,
     }
 

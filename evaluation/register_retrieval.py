@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Sequence
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from core import paths
 from core.config import Params
@@ -107,6 +107,10 @@ def register_retrieval(
     naive = versus_naive(
         metric, served, metrics["naive"], f"{mode} search" + (" + reranker" if reranker["promote"] else "")
     )
+    abstain_score, abstain_threshold, abstain_reason = abstention(
+        metrics.get("abstention", {}), mode, reranker["promote"], measured=champion == embedder["version"]
+    )
+    reasons.append(abstain_reason)
     config = RetrievalConfig.of(
         p.retrieval,
         embedder_name=p.models.embedder_name,
@@ -119,6 +123,8 @@ def register_retrieval(
         reasons=[*reasons, naive["summary"]],
         reranker_name=p.models.reranker_name if reranker["promote"] else None,
         reranker_version=reranker["version"] if reranker["promote"] else None,
+        abstain_score=abstain_score,
+        abstain_threshold=abstain_threshold,
     )
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "retrieval"
@@ -160,6 +166,37 @@ def register_retrieval(
         "reasons": reasons,
         "versus_naive": naive,
     }
+
+
+def abstention(
+    measured_thresholds: dict[str, dict[str, float]], mode: str, reranked: bool, measured: bool
+) -> tuple[Literal["dense", "reranker"] | None, float | None, str]:
+    """Which abstention threshold the unit carries: on the reranker's score when it reranks, else on dense cosine
+    (dense and hybrid search both compute it); none for lexical search, or when evaluate measured the threshold with
+    another embedder than the champion.
+
+    Returns:
+        The score kind, its threshold, and the reason for the report.
+    """
+    kind: Literal["dense", "reranker"] | None = (
+        "reranker" if reranked else ("dense" if mode in ("dense", "hybrid") else None)
+    )
+    if kind is None:
+        return None, None, "abstention: none (lexical scores have no fixed scale)"
+    if kind == "dense" and not measured:
+        return None, None, "abstention: none (its threshold was measured with the candidate embedder, not the champion)"
+    found = measured_thresholds.get(kind)
+    if not found:
+        return None, None, f"abstention: none ({kind} threshold not measured)"
+    return (
+        kind,
+        float(found["threshold"]),
+        (
+            f"abstention: below {kind} score {found['threshold']:.4f} (answers "
+            f"{found['answered_when_answerable']:.0%} of answerable held-out questions, abstains on "
+            f"{found['abstained_when_unanswerable']:.0%} with their document taken out)"
+        ),
+    )
 
 
 def reranker_decision(

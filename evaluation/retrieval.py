@@ -88,14 +88,23 @@ def naive_chunks(docs: pl.DataFrame, size_chars: int, overlap_chars: int) -> pl.
     return pl.DataFrame(rows, schema={"chunk_id": pl.String, "doc_id": pl.String, "text": pl.String})
 
 
+def dense_scored(
+    model: SentenceTransformer, chunks: pl.DataFrame, queries: Sequence[str], depth: int, batch_size: int = 64
+) -> tuple[list[list[int]], list[list[float]]]:
+    """For each query, the rows of `chunks` (column `text`) by cosine similarity, best first, at most `depth`,
+    and their similarities."""
+    c = model.encode(chunks["text"].to_list(), batch_size=batch_size, normalize_embeddings=True, convert_to_tensor=True)
+    q = model.encode(list(queries), batch_size=batch_size, normalize_embeddings=True, convert_to_tensor=True)
+    sims, order = (q @ c.T).sort(dim=1, descending=True)
+    rows, scores = order[:, :depth].cpu().tolist(), sims[:, :depth].cpu().tolist()
+    return [[int(j) for j in r] for r in rows], [[float(x) for x in r] for r in scores]
+
+
 def dense_rankings(
     model: SentenceTransformer, chunks: pl.DataFrame, queries: Sequence[str], depth: int, batch_size: int = 64
 ) -> list[list[int]]:
     """For each query, the rows of `chunks` (column `text`) by cosine similarity, best first, at most `depth`."""
-    c = model.encode(chunks["text"].to_list(), batch_size=batch_size, normalize_embeddings=True, convert_to_tensor=True)
-    q = model.encode(list(queries), batch_size=batch_size, normalize_embeddings=True, convert_to_tensor=True)
-    order = (q @ c.T).argsort(dim=1, descending=True)[:, :depth].cpu().numpy()  # (n_queries, depth)
-    return [[int(j) for j in row] for row in order]
+    return dense_scored(model, chunks, queries, depth, batch_size)[0]
 
 
 def lexical_rankings(index: LexicalIndex, queries: Sequence[str], depth: int) -> list[list[int]]:
@@ -119,12 +128,12 @@ def rerank_rankings(
     rankings: Sequence[Sequence[int]],
     top: int,
     batch_size: int = 64,
-) -> tuple[list[list[int]], float]:
+) -> tuple[list[list[int]], list[list[float]], float]:
     """Each ranking's first `top` rows reordered by the cross-encoder's score for (query, text); the rest
     keep their order after them. Every pair goes through one `predict` call (batched, sorted by length).
 
     Returns:
-        The reranked rankings and the milliseconds of scoring per query.
+        The reranked rankings, each reranked head's scores (best first), and the milliseconds of scoring per query.
     """
     heads = [list(r[:top]) for r in rankings]
     pairs = [(q, texts[j]) for q, head in zip(queries, heads, strict=True) for j in head]
@@ -133,13 +142,14 @@ def rerank_rankings(
         [float(x) for x in reranker.predict(pairs, batch_size=batch_size, show_progress_bar=False)] if pairs else []
     )
     ms = (time.perf_counter() - t0) * 1000 / max(len(queries), 1)
-    out, i = [], 0
+    out, head_scores, i = [], [], 0
     for head, ranking in zip(heads, rankings, strict=True):
         s = scores[i : i + len(head)]
         i += len(head)
         order = sorted(range(len(head)), key=lambda k: -s[k])  # stable: ties keep the first stage's order
         out.append([head[k] for k in order] + list(ranking[len(head) :]))
-    return out, ms
+        head_scores.append([s[k] for k in order])
+    return out, head_scores, ms
 
 
 def to_documents(rankings: Sequence[Sequence[int]], doc_of: Sequence[str], depth: int) -> list[list[str]]:
@@ -242,13 +252,25 @@ class QuestionSet:
 
     def mode_rankings(self, model: SentenceTransformer, p: Params) -> dict[str, list[list[int]]]:
         """Chunk rankings for every question in every mode: `dense` (`model`), `lexical` (BM25), `hybrid` (fused)."""
+        return self.scored_rankings(model, p)[0]
+
+    def scored_rankings(
+        self, model: SentenceTransformer, p: Params
+    ) -> tuple[dict[str, list[list[int]]], list[list[float]]]:
+        """`mode_rankings` and the dense ranking's cosine similarities (its first `retrieval.candidates`)."""
         queries = self.questions["query"].to_list()
-        dense = dense_rankings(model, self.chunks, queries, self.chunks.height, p.evaluate.batch_size)
-        return {
+        dense, sims = dense_scored(model, self.chunks, queries, self.chunks.height, p.evaluate.batch_size)
+        rankings = {
             "dense": dense,
             "lexical": self.lexical(p),
             "hybrid": hybrid_rankings(dense, self.lexical(p), p.retrieval),
         }
+        return rankings, [s[: p.retrieval.candidates] for s in sims]
+
+    def scored_documents(self, rankings: list[list[int]], scores: list[list[float]]) -> list[list[tuple[str, float]]]:
+        """Per question, `(document, score)` of the scored head of its ranking (see evaluation/abstention.py)."""
+        doc_of = self.chunks["doc_id"].to_list()
+        return [[(doc_of[j], s) for j, s in zip(r, sc, strict=False)] for r, sc in zip(rankings, scores, strict=True)]
 
     def metrics(self, rankings: list[list[int]], p: Params) -> dict[str, float]:
         """Chunk rankings judged per document (see `document_metrics`)."""
@@ -260,11 +282,13 @@ class QuestionSet:
         """Every retrieval mode's metrics with `model` (see `mode_rankings`)."""
         return {mode: self.metrics(r, p) for mode, r in self.mode_rankings(model, p).items()}
 
-    def rerank(self, reranker: CrossEncoder, rankings: list[list[int]], p: Params) -> tuple[list[list[int]], float]:
+    def rerank(
+        self, reranker: CrossEncoder, rankings: list[list[int]], p: Params
+    ) -> tuple[list[list[int]], list[list[float]], float]:
         """`rankings` with their first `retrieval.rerank_candidates` rows reordered by `reranker`.
 
         Returns:
-            The new rankings and the reranker's milliseconds per question (all pairs scored in batches).
+            The new rankings, the reranked heads' scores, and the reranker's milliseconds per question.
         """
         return rerank_rankings(
             reranker,

@@ -58,7 +58,13 @@ class Platform:
         retriever = Retriever(
             embedder, models.collection, models.lexical, models.retrieval, reranker=reranker, max_top_k=s.max_top_k
         )
-        rag = RagService(retriever, chat, default_top_k=s.rag_top_k)
+        rag = RagService(
+            retriever,
+            chat,
+            default_top_k=s.rag_top_k,
+            context_tokens=s.rag_context_tokens,
+            neighbour_window=s.rag_neighbour_window,
+        )
         if settings.debug_step_delay_ms > 0:  # test-only: a deterministically slow model (serving/faults.py)
             StepDelay(models.chat_model, settings.debug_step_delay_ms / 1000)  # type: ignore[arg-type]
         return cls(

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from core.context import Source
 from core.errors import InvalidRequest
 from core.retrieval_params import Mode
 from core.serving_params import ServingParams
@@ -95,6 +96,10 @@ class ChatCompletionRequest(_Request):
     filter: dict[str, Any] | None = None
     mode: Mode | None = None
     """`model: "rag"` only: the search mode (see SearchRequest.mode)."""
+    min_score: float | None = None
+    """`model: "rag"` only: see RagRequest.min_score."""
+    rerank: bool | None = None
+    """`model: "rag"` only: see SearchRequest.rerank."""
 
     @field_validator("stop")
     @classmethod
@@ -165,6 +170,45 @@ class SearchResult(BaseModel):
         return cls(id=hit.id, text=hit.text, score=hit.score, source=hit.source, metadata=hit.metadata)
 
 
+class RagSource(BaseModel):
+    """A numbered source of a RAG answer: one chunk, or neighbouring chunks of one document merged."""
+
+    number: int
+    """What the answer cites it as: `[number]`."""
+    id: str
+    """Its first chunk's id."""
+    chunk_ids: list[str]
+    text: str
+    score: float
+    source: str | None
+    """The document's path relative to the corpus folder."""
+    document: str | None
+    """The document's id."""
+    title: str | None
+    heading: str | None
+    metadata: dict[str, Any]
+
+    @classmethod
+    def of(cls, src: Source) -> RagSource:
+        m = src.metadata
+
+        def text_or_none(key: str) -> str | None:
+            return None if m.get(key) is None else str(m[key])
+
+        return cls(
+            number=src.number,
+            id=src.chunk_ids[0],
+            chunk_ids=src.chunk_ids,
+            text=src.text,
+            score=src.score,
+            source=text_or_none("source"),
+            document=text_or_none("doc_id"),
+            title=text_or_none("title"),
+            heading=text_or_none("heading"),
+            metadata=dict(m),
+        )
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str
@@ -184,18 +228,21 @@ class ChatCompletion(BaseModel):
     model: str
     choices: list[Choice]
     usage: Usage
-    sources: list[SearchResult] | None = None
-    """RAG only: the passages the answer was generated from."""
+    sources: list[RagSource] | None = None
+    """RAG only: the numbered sources the answer was generated from."""
+    citations: list[int] | None = None
+    """RAG only: the source numbers the answer cites, in order of first citation."""
+    abstained: bool | None = None
+    """RAG only: retrieval found nothing relevant enough, so the answer says so instead of guessing."""
 
     @classmethod
-    def of(cls, model: str, result: Completion, sources: list[SearchHit] | None = None) -> ChatCompletion:
+    def of(cls, model: str, result: Completion) -> ChatCompletion:
         return cls(
             id=new_id("chatcmpl"),
             created=int(time.time()),
             model=model,
             choices=[Choice(message=AssistantMessage(content=result.text), finish_reason=result.finish_reason)],
             usage=usage(result.prompt_tokens, result.completion_tokens),
-            sources=[SearchResult.of(h) for h in sources] if sources is not None else None,
         )
 
 
@@ -218,7 +265,11 @@ class ChatCompletionChunk(BaseModel):
     model: str
     choices: list[ChunkChoice]
     usage: Usage | None = None
-    sources: list[SearchResult] | None = None
+    sources: list[RagSource] | None = None
+    """RAG only, on the first chunk."""
+    citations: list[int] | None = None
+    """RAG only, on the chunk that carries the finish reason."""
+    abstained: bool | None = None
 
 
 # ---- embeddings ------------------------------------------------------------------------------------
@@ -366,6 +417,11 @@ class RagRequest(_Request):
     top_k: int | None = Field(default=None, ge=1)
     filter: dict[str, Any] | None = None
     mode: Mode | None = None
+    min_score: float | None = None
+    """Answer only when the best hit scores at least this (the reranker's relevance, else dense cosine); omitted:
+    the registered threshold measured on held-out questions (/v1/status `abstain_below`)."""
+    rerank: bool | None = None
+    """See SearchRequest.rerank."""
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
     stream: bool = False
@@ -381,7 +437,11 @@ class RagRequest(_Request):
 
 class RagResponse(BaseModel):
     answer: str
-    sources: list[SearchResult]
+    sources: list[RagSource]
+    citations: list[int]
+    """The source numbers the answer cites (citations of sources not given are removed from `answer`)."""
+    abstained: bool
+    """True when retrieval scored below the registered threshold: `answer` says nothing relevant was found."""
     usage: Usage
     finish_reason: Literal["stop", "length"]
     model: str
@@ -425,6 +485,10 @@ class StatusResponse(BaseModel):
     """What search and RAG use when a request names no `mode` (the served `retrieval` version's)."""
     reranker: bool
     """Whether search and RAG rescore with a reranker by default (and /v1/rerank is served)."""
+    abstain_below: float | None
+    """RAG says it found nothing relevant when the best hit's score is below this (None: it always answers)."""
+    abstain_score: str | None
+    """Which score that is: `reranker` or `dense` (cosine)."""
 
 
 def new_id(prefix: str) -> str:

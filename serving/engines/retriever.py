@@ -11,6 +11,7 @@ is applied to lexical search too (as a mask over the BM25 rows), so a filter mea
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,15 @@ from serving.engines.types import SearchHit
 
 # how chromadb 1.5 rejects a bad `where`
 _FILTER_ERRORS = (ValueError, TypeError, InvalidArgumentError)
+
+
+@dataclass(frozen=True)
+class Retrieval:
+    hits: list[SearchHit]
+    best_score: float | None
+    """The score abstention is judged on: the reranker's best, else the best dense cosine (None: lexical only)."""
+    abstain: bool
+    """The registered threshold is on this kind of score and the best one is below it."""
 
 
 def _hit(chunk_id: str, text: str | None, meta: Any, score: float) -> SearchHit:
@@ -69,7 +79,21 @@ class Retriever:
         mode: Mode | None = None,
         rerank: bool | None = None,
     ) -> list[SearchHit]:
-        """The `top_k` best chunks for `query`, best first.
+        """The `top_k` best chunks for `query`, best first (see `retrieve`)."""
+        return (await self.retrieve(query, top_k, where, mode, rerank)).hits
+
+    async def retrieve(
+        self,
+        query: str,
+        top_k: int,
+        where: dict[str, Any] | None = None,
+        mode: Mode | None = None,
+        rerank: bool | None = None,
+        min_score: float | None = None,
+    ) -> Retrieval:
+        """The `top_k` best chunks for `query`, best first, and whether to abstain from answering from them:
+        when the best score (the reranker's, else dense cosine) is below `min_score`, or, with no `min_score`,
+        below the registered threshold if it was measured on that kind of score.
 
         Args:
             query: the text to search for.
@@ -90,33 +114,55 @@ class Retriever:
             raise InvalidRequest("this server serves no reranker (none passed the gate)", param="rerank")
         if rerank is None:
             rerank = self.reranker is not None
+        mode = mode or self.config.mode
+        if min_score is not None and mode == "lexical" and not rerank:
+            raise InvalidRequest(
+                "min_score needs a dense, hybrid or reranked search (BM25 has no fixed scale)", param="min_score"
+            )
         if not rerank:
-            return await self._first_stage(query, top_k, where, mode or self.config.mode)
+            hits, best_dense = await self._first_stage(query, top_k, where, mode)
+            return self._judged(hits, best_dense, "dense" if mode != "lexical" else None, min_score)
         assert self.reranker is not None
-        hits = await self._first_stage(
-            query, max(top_k, self.config.rerank_candidates), where, mode or self.config.mode
-        )
+        hits, _ = await self._first_stage(query, max(top_k, self.config.rerank_candidates), where, mode)
         if not hits:
-            return hits
+            return self._judged(hits, None, "reranker", min_score)
         scores = await self.reranker.score(query, [h.text for h in hits])
         order = sorted(range(len(hits)), key=lambda i: -scores[i])  # stable: ties keep the first stage's order
-        return [_hit(hits[i].id, hits[i].text, hits[i].metadata, scores[i]) for i in order[:top_k]]
+        reranked = [_hit(hits[i].id, hits[i].text, hits[i].metadata, scores[i]) for i in order[:top_k]]
+        return self._judged(reranked, reranked[0].score, "reranker", min_score)
 
-    async def _first_stage(self, query: str, top_k: int, where: dict[str, Any] | None, mode: Mode) -> list[SearchHit]:
+    def _judged(
+        self, hits: list[SearchHit], best: float | None, kind: str | None, min_score: float | None
+    ) -> Retrieval:
+        """Abstain when the best score is below `min_score`, or below the registered threshold when that was measured
+        on this kind of score; never without a threshold that applies."""
+        c = self.config
+        threshold = min_score
+        if threshold is None and kind is not None and kind == c.abstain_score:
+            threshold = c.abstain_threshold
+        abstain = threshold is not None and (best is None or best < threshold)
+        return Retrieval(hits, best if kind else None, abstain)
+
+    async def _first_stage(
+        self, query: str, top_k: int, where: dict[str, Any] | None, mode: Mode
+    ) -> tuple[list[SearchHit], float | None]:
+        """The hits, and the best dense cosine among the dense candidates (None in lexical mode or with none)."""
         if mode == "dense":
-            return await self._dense(query, top_k, where)
+            hits = await self._dense(query, top_k, where)
+            return hits, (hits[0].score if hits else None)
         depth = max(top_k, self.config.candidates)
         dense = await self._dense(query, depth, where) if mode == "hybrid" else []
+        best_dense = dense[0].score if dense else None
         lexical = await self._lexical(query, depth, where)
         if mode == "lexical":
-            return await self._with_text(lexical[:top_k])
+            return await self._with_text(lexical[:top_k]), None
         fused = reciprocal_rank_fusion(
             [[h.id for h in dense], [cid for cid, _ in lexical]], self.config.weights(), self.config.rrf_k
         )[:top_k]
         known = {h.id: h for h in dense}
         missing = await self._with_text([(cid, s) for cid, s in fused if cid not in known])
         known.update({h.id: h for h in missing})
-        return [_hit(cid, known[cid].text, known[cid].metadata, score) for cid, score in fused]
+        return [_hit(cid, known[cid].text, known[cid].metadata, score) for cid, score in fused], best_dense
 
     async def _dense(self, query: str, k: int, where: dict[str, Any] | None) -> list[SearchHit]:
         self.embedder.check([query])

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from serving.handlers.chat import ChatHandler
 from serving.handlers.embeddings import EmbeddingsHandler
 from serving.handlers.models import ModelsHandler
+from serving.handlers.rag import RagHandler
 from serving.handlers.retrieval import RetrievalHandler
 from serving.platform import Platform
 from serving.schemas import SamplingLimits
@@ -24,15 +25,18 @@ class Handlers:
     chat: ChatHandler
     embeddings: EmbeddingsHandler
     retrieval: RetrievalHandler
+    rag: RagHandler
     models: ModelsHandler
 
     @classmethod
     def build(cls, platform: Platform, settings: Settings) -> Handlers:
         limits = SamplingLimits.of(settings.serving)
         log_text = settings.serving.log_text
+        rag = RagHandler(platform, limits)
         return cls(
-            chat=ChatHandler(platform, limits, log_text),
+            chat=ChatHandler(platform, limits, log_text, rag),
             embeddings=EmbeddingsHandler(platform),
-            retrieval=RetrievalHandler(platform, limits),
+            retrieval=RetrievalHandler(platform),
+            rag=rag,
             models=ModelsHandler(platform),
         )

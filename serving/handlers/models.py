@@ -59,4 +59,6 @@ class ModelsHandler:
             index=p.index_name,
             search_mode=p.retriever.default_mode,
             reranker=p.reranker is not None,
+            abstain_below=p.retriever.config.abstain_threshold,
+            abstain_score=p.retriever.config.abstain_score,
         )

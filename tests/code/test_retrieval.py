@@ -196,9 +196,9 @@ class _WordOverlap:
 def test_rerank_reorders_only_the_head_and_keeps_ties_in_first_stage_order() -> None:
     texts = ["alpha beta", "gamma", "alpha", "beta gamma delta", "alpha beta gamma"]
     rankings = [[1, 2, 0, 4, 3]]
-    out, ms = rerank_rankings(_WordOverlap(), ["alpha beta gamma"], texts, rankings, top=3)  # type: ignore[arg-type]
+    out, scores, ms = rerank_rankings(_WordOverlap(), ["alpha beta gamma"], texts, rankings, top=3)  # type: ignore[arg-type]
     # head [1, 2, 0] scores [1, 1, 2] -> 0 first, then 1 and 2 in their first-stage order; the tail stays
-    assert out == [[0, 1, 2, 4, 3]] and ms >= 0
+    assert out == [[0, 1, 2, 4, 3]] and scores == [[2.0, 1.0, 1.0]] and ms >= 0
     assert rerank_rankings(_WordOverlap(), ["x"], texts, [[]], top=3)[0] == [[]]  # type: ignore[arg-type]
 
 

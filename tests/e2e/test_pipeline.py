@@ -122,12 +122,16 @@ def test_retrieval_unit_is_the_best_measured_mode_and_in_the_registry(pipeline: 
     best = max(m[metric] for m in scores.values())
     assert f"{best:.4f}" in r["reasons"][0] and r["reasons"][0].endswith("-> chosen")
     assert metrics["rerank_latency"]["candidates"] == 10 and metrics["rerank_latency"]["ms_per_query"] > 0
+    # the abstention threshold the unit carries is the one evaluate measured on the reranker's scores
+    measured = metrics["abstention"]["reranker"]
+    assert set(metrics["abstention"]) == {"dense", "reranker"} and 0.5 <= measured["balanced_accuracy"] <= 1.0
+    assert any(x.startswith("abstention: below reranker score") for x in r["reasons"])
     script = (
         "import json, tempfile\nfrom pathlib import Path\nfrom core.registry import Registry\n"
         "from core.retrieval_unit import read_unit\nreg = Registry()\nv = reg.resolve('retrieval', 'champion')\n"
         "config, lexical = read_unit(reg.download('retrieval', v, Path(tempfile.mkdtemp()) / 'r'))\n"
         "print(json.dumps({'version': v, 'mode': config.mode, 'embedder': config.embedder_version, 'n': len(lexical),"
-        " 'reranker': config.reranker_version}))"
+        " 'reranker': config.reranker_version, 'abstain': [config.abstain_score, config.abstain_threshold]}))"
     )
     seen = json.loads(run([sys.executable, "-c", script], pipeline).stdout.strip().splitlines()[-1])
     chunks = json.loads((pipeline / "artifacts/index/lexical/manifest.json").read_text())["chunks"]
@@ -137,6 +141,7 @@ def test_retrieval_unit_is_the_best_measured_mode_and_in_the_registry(pipeline: 
         "embedder": r["embedder_version"],
         "n": chunks,
         "reranker": r["reranker"]["version"],
+        "abstain": ["reranker", pytest.approx(measured["threshold"])],
     }
 
 

@@ -409,13 +409,22 @@ def test_retriever_and_rag(tmp_path, embedder: EmbedderEngine, engine: ChatEngin
         rag = await RagService(retriever, engine, default_top_k=2).start(
             "How do I turn an object into JSON?", SamplingParams(max_tokens=8, temperature=0)
         )
+        assert rag.generation is not None
         return hits, filtered, rag.sources, await rag.generation.result()
 
     hits, filtered, sources, answer = asyncio.run(run())
     assert hits[0].id == "a" and hits[0].source == "library/json.md" and hits[0].score > hits[1].score
     assert [h.id for h in filtered] == ["c"]
-    assert [s.id for s in sources] == [h.id for h in hits]
+    assert [(s.number, s.chunk_ids) for s in sources] == [(1, [hits[0].id]), (2, [hits[1].id])]
     assert answer.completion_tokens > 0
+
+    # abstention: a threshold on dense cosine that no hit reaches -> no generation, no sources
+    strict = _retrieval_config("dense").model_copy(update={"abstain_threshold": 0.99, "abstain_score": "dense"})
+    sceptic = RagService(Retriever(embedder, coll, lexical, strict), engine, default_top_k=2)
+    gave_up = asyncio.run(sceptic.start("What is the airspeed of a swallow?", SamplingParams(max_tokens=8)))
+    assert gave_up.abstained and gave_up.sources == [] and gave_up.best_score is not None
+    lexical_only = asyncio.run(Retriever(embedder, coll, lexical, strict).retrieve("json", 2, mode="lexical"))
+    assert not lexical_only.abstain and lexical_only.best_score is None  # BM25 is on another scale: never judged
     with pytest.raises(InvalidRequest, match="top_k"):
         asyncio.run(retriever.search("x", top_k=99))
     for mode in ("dense", "lexical", "hybrid"):

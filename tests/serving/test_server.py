@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -120,12 +121,29 @@ def test_embeddings_float_and_base64(client: OpenAI) -> None:
 
 
 def test_rag_as_a_chat_model(http: httpx.Client) -> None:
-    body = {**_chat(8), "top_k": 2}
+    body = {**_chat(8), "top_k": 2, "min_score": -1.0}  # always answer (no score is below -1)
     r = http.post("/v1/chat/completions", json={**body, "model": "rag"})
     assert r.status_code == 200, r.text
     out = r.json()
     assert out["choices"][0]["message"]["content"] is not None
-    assert len(out["sources"]) == 2 and all(s["source"] for s in out["sources"])
+    _cited_sources_are_given(out["choices"][0]["message"]["content"], out["sources"], out["citations"])
+    assert out["abstained"] is False and all(s["source"] and s["document"] for s in out["sources"])
+    with http.stream("POST", "/v1/chat/completions", json={**body, "model": "rag", "stream": True}) as s:
+        chunks = [json.loads(ln.removeprefix("data: ")) for ln in s.iter_lines() if ln and ln != "data: [DONE]"]
+    assert chunks[0]["sources"] == out["sources"]
+    assert (
+        "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+        == out["choices"][0]["message"]["content"]
+    )
+    assert chunks[-1]["citations"] == out["citations"] and chunks[-1]["choices"][0]["finish_reason"]
+
+
+def _cited_sources_are_given(answer: str, sources: list[dict], citations: list[int]) -> None:  # type: ignore[type-arg]
+    """Sources are numbered 1..n, two hits merged when neighbours; every citation left in the answer is of one."""
+    assert [s["number"] for s in sources] == list(range(1, len(sources) + 1))
+    assert sum(len(s["chunk_ids"]) for s in sources) == 2  # top_k=2 hits, merged or not
+    numbers = {int(n) for group in re.findall(r"\[(\d{1,3}(?:\s*,\s*\d{1,3})*)\]", answer) for n in group.split(",")}
+    assert numbers <= {s["number"] for s in sources} and set(citations) == numbers
 
 
 def test_langchain_clients_work_unchanged(server: Server) -> None:
@@ -211,18 +229,40 @@ def test_rerank_in_the_shape_vllm_and_tei_clients_send(http: httpx.Client) -> No
 
 
 def test_rag_plain_and_streamed(http: httpx.Client) -> None:
-    body = {"question": Q, "top_k": 2, "max_tokens": 8}
+    body = {"question": Q, "top_k": 2, "max_tokens": 8, "min_score": -1.0}  # always answer
     r = http.post("/v1/rag", json=body)
     assert r.status_code == 200, r.text
     out = r.json()
-    assert len(out["sources"]) == 2 and out["usage"]["completion_tokens"] > 0
+    assert (
+        out["abstained"] is False and out["usage"]["prompt_tokens"] > 0 and out["finish_reason"] in ("stop", "length")
+    )
+    _cited_sources_are_given(out["answer"], out["sources"], out["citations"])
     with http.stream("POST", "/v1/rag", json={**body, "stream": True}) as s:
         lines = [ln for ln in s.iter_lines() if ln]
     assert lines[-1] == "data: [DONE]"
     events = [json.loads(ln.removeprefix("data: ")) for ln in lines[:-1]]
     assert events[0]["sources"] == out["sources"]
     assert "".join(e.get("delta", "") for e in events) == out["answer"]  # greedy: same answer
-    assert events[-1]["usage"] == out["usage"]
+    assert events[-1]["usage"] == out["usage"] and events[-1]["citations"] == out["citations"]
+    assert events[-1]["abstained"] is False
+
+
+def test_rag_abstains_below_the_threshold_plain_streamed_and_as_a_chat_model(http: httpx.Client) -> None:
+    """Scores are at most 1 (reranker relevance, cosine): with min_score 2 nothing is relevant enough, so the
+    answer says so, cites nothing and generates nothing; the registered threshold is on /v1/status."""
+    status = http.get("/v1/status").json()
+    assert status["abstain_score"] == "reranker" and 0.0 <= status["abstain_below"] <= 1.0  # tiny: a reranker serves
+    body = {"question": Q, "max_tokens": 8, "min_score": 2.0}
+    out = http.post("/v1/rag", json=body).json()
+    assert out["abstained"] is True and out["sources"] == [] and out["citations"] == []
+    assert out["answer"].startswith("I found nothing relevant") and out["usage"]["completion_tokens"] == 0
+    with http.stream("POST", "/v1/rag", json={**body, "stream": True}) as s:
+        events = [json.loads(ln.removeprefix("data: ")) for ln in s.iter_lines() if ln and ln != "data: [DONE]"]
+    assert "".join(e.get("delta", "") for e in events) == out["answer"] and events[-1]["abstained"] is True
+    chat = http.post("/v1/chat/completions", json={**_chat(8), "model": "rag", "min_score": 2.0}).json()
+    assert chat["abstained"] is True and chat["choices"][0]["message"]["content"] == out["answer"]
+    lexical = http.post("/v1/rag", json={**body, "mode": "lexical", "rerank": False})  # BM25: no scale to judge
+    assert _error(lexical, 400)["param"] == "min_score"
 
 
 # ---- errors: OpenAI body and the right status, never a 500 for bad input -----------------------------
