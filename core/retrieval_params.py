@@ -30,6 +30,9 @@ class RetrievalParams(Section):
     rerank_candidates: int = Field(default=20, ge=1, le=200)
     """How many of the fused (hybrid) chunks the reranker rescores, when one is served; the rest keep their order.
     Its cost is linear in this: one cross-encoder forward per candidate."""
+    abstain_min_answered: float | None = Field(default=0.9, gt=0, le=1)
+    """RAG's abstention threshold is the highest that still answers this share of the held-out questions
+    (evaluation/abstention.py); null: the threshold that best separates answerable from unanswerable."""
     stemmer: Literal["english", "none"] = "english"
     """BM25's tokens: Snowball-stemmed ("reads" and "reading" match) or as written."""
 

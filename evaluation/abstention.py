@@ -3,9 +3,12 @@
 Measured on the held-out questions, each asked twice: as it is (answerable: its document is searched)
 and with its own document taken out of what is searched (unanswerable: what a question about something
 the corpus does not cover looks like to the retriever). The score is the served one's scale: the
-reranker's relevance when a reranker serves, else dense cosine similarity. The threshold is the one
-that best separates the two (balanced accuracy: the mean of the answered share of answerable questions
-and the abstained share of unanswerable ones); ties go to the lower threshold (answer more often).
+reranker's relevance when a reranker serves, else dense cosine similarity. The threshold is the highest
+that still answers at least `min_answered` of the answerable questions (params
+`retrieval.abstain_min_answered`: a wrong refusal costs a user more than a weak answer with its sources
+shown), or, with no such floor, the one that best separates the two (balanced accuracy: the mean of the
+answered share of answerable questions and the abstained share of unanswerable ones). Ties go to the
+lower threshold (answer more often).
 """
 
 from __future__ import annotations
@@ -38,8 +41,11 @@ def best_scores(
     return answerable, unanswerable
 
 
-def choose_threshold(answerable: Sequence[float], unanswerable: Sequence[float]) -> dict[str, float]:
-    """The threshold (answer when the best score >= it) with the best balanced accuracy, and its rates.
+def choose_threshold(
+    answerable: Sequence[float], unanswerable: Sequence[float], min_answered: float | None = None
+) -> dict[str, float]:
+    """The threshold (answer when the best score >= it) and its rates: the highest answering at least
+    `min_answered` of the answerable questions, or (None) the one with the best balanced accuracy.
 
     Raises:
         ValueError: either list is empty.
@@ -53,9 +59,12 @@ def choose_threshold(answerable: Sequence[float], unanswerable: Sequence[float])
         answered = sum(a >= t for a in answerable) / len(answerable)
         abstained = sum(u < t for u in unanswerable) / len(unanswerable)
         balanced = (answered + abstained) / 2
-        if best is None or balanced > best[0]:
+        if min_answered is not None:
+            if answered >= min_answered - 1e-9:  # candidates rise: the last that qualifies is the highest
+                best = (balanced, t, answered, abstained)
+        elif best is None or balanced > best[0]:
             best = (balanced, t, answered, abstained)
-    assert best is not None
+    assert best is not None  # the lowest candidate answers every answerable question
     balanced, t, answered, abstained = best
     return {
         "threshold": round(t, 6),

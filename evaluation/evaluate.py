@@ -60,9 +60,12 @@ def evaluate_embedders(p: Params) -> dict[str, Any]:
     reranked_rankings, rerank_scores, rerank_ms = qs.rerank(load_reranker(paths.RERANKER_MODEL), rankings["hybrid"], p)
     reranked = qs.metrics(reranked_rankings, p)
     relevant = qs.questions["doc_id"].to_list()
+    floor = p.retrieval.abstain_min_answered
     abstention = {
-        "dense": choose_threshold(*best_scores(qs.scored_documents(rankings["dense"], sims), relevant)),
-        "reranker": choose_threshold(*best_scores(qs.scored_documents(reranked_rankings, rerank_scores), relevant)),
+        "dense": choose_threshold(*best_scores(qs.scored_documents(rankings["dense"], sims), relevant), floor),
+        "reranker": choose_threshold(
+            *best_scores(qs.scored_documents(reranked_rankings, rerank_scores), relevant), floor
+        ),
     }
     for kind, a in abstention.items():
         log.info("abstention score=%s %s", kind, " ".join(f"{k}={v}" for k, v in a.items()))

@@ -20,3 +20,11 @@ def test_threshold_maximises_balanced_accuracy_and_prefers_answering() -> None:
     assert separable["balanced_accuracy"] == 1.0 and 0.2 < separable["threshold"] < 0.8
     with pytest.raises(ValueError, match="need answerable and unanswerable"):
         choose_threshold([0.5], [])
+
+
+def test_a_floor_on_answered_questions_takes_the_highest_threshold_that_keeps_it() -> None:
+    answerable, unanswerable = [0.9, 0.8, 0.7, 0.6, 0.5], [0.55, 0.65, 0.2]
+    out = choose_threshold(answerable, unanswerable, min_answered=0.8)
+    assert out["answered_when_answerable"] == 0.8 and 0.55 < out["threshold"] <= 0.6
+    assert out["abstained_when_unanswerable"] == 0.6667
+    assert choose_threshold(answerable, unanswerable, min_answered=1.0)["threshold"] <= 0.5
