@@ -1,0 +1,69 @@
+"""/v1/models and /v1/status: what is served and whether it can serve."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from core.retrieval_params import Mode
+
+# ---- models ----------------------------------------------------------------------------------------
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "modelplatform"
+    version: str
+    """Registry version served (for `rag`: chat and embedder versions)."""
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+# ---- status ----------------------------------------------------------------------------------------
+
+
+class EngineStatus(BaseModel):
+    healthy: bool
+    reason: str | None = None
+    """Why the engine is unhealthy (None when healthy)."""
+    running: int
+    """Requests (chat) or texts (embedder) in the batch now."""
+    waiting: int
+    limit: int
+    """Batch size allowed now (lower than configured after an out-of-memory backoff)."""
+
+
+class ServedVersion(BaseModel):
+    name: str
+    alias: str
+    version: str
+    from_cache_only: bool
+    """True when the registry was unreachable at start-up and the local cache supplied the version."""
+
+    @classmethod
+    def of(cls, info: Any) -> ServedVersion:
+        return cls(name=info.name, alias=info.alias, version=info.version, from_cache_only=info.from_cache_only)
+
+
+class StatusResponse(BaseModel):
+    ready: bool
+    reason: str | None = None
+    """Why the server is not ready (None when ready)."""
+    engines: dict[str, EngineStatus]
+    models: dict[str, ServedVersion]
+    index: str
+    """The Chroma collection queries run against."""
+    search_mode: Mode
+    """What search and RAG use when a request names no `mode` (the served `retrieval` version's)."""
+    reranker: bool
+    """Whether search and RAG rescore with a reranker by default (and /v1/rerank is served)."""
+    abstain_below: float | None
+    """RAG says it found nothing relevant when the best hit's score is below this (None: it always answers)."""
+    abstain_score: str | None
+    """Which score that is: `reranker` or `dense` (cosine)."""
