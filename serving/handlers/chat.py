@@ -6,6 +6,7 @@ import time
 from collections.abc import AsyncIterator
 
 from core.errors import InvalidRequest, ModelNotFound
+from serving.engines.chat import GenerationHandle
 from serving.handlers.base import CHAT, RAG, EventStream, RequestRecord
 from serving.handlers.rag import AnswerPiece, RagAnswer, RagHandler
 from serving.platform import Platform
@@ -112,7 +113,7 @@ class ChatHandler:
                 )
 
 
-async def _pieces(handle, record: RequestRecord) -> AsyncIterator[AnswerPiece]:  # type: ignore[no-untyped-def]
+async def _pieces(handle: GenerationHandle, record: RequestRecord) -> AsyncIterator[AnswerPiece]:
     """The plain chat model's deltas as answer pieces; records the outcome on the last."""
     async for d in handle.stream():
         if d.finish_reason is None:

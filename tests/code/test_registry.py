@@ -7,8 +7,6 @@ from typing import Any
 
 import mlflow
 import pytest
-from mlflow.tracking._model_registry import utils as registry_utils
-from mlflow.tracking._tracking_service import utils as tracking_utils
 
 from core.errors import AliasNotFound, RegistryError, RegistryUnreachable, VersionNotFound
 from core.registry import ModelRef, Registry
@@ -19,20 +17,6 @@ class Echo(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined,misc]
 
     def predict(self, context: Any, model_input: list[str], params: Any = None) -> list[str]:
         return model_input
-
-
-@pytest.fixture
-def registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Registry:
-    # mlflow.set_tracking_uri/set_registry_uri write module globals and MLFLOW_* variables: put them back after.
-    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(tracking_utils, "_tracking_uri", None)
-    monkeypatch.setattr(registry_utils, "_registry_uri", None)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
-    exp = mlflow.create_experiment("test", artifact_location=(tmp_path / "mlartifacts").as_uri())
-    mlflow.set_experiment(experiment_id=exp)
-    return Registry(uri)
 
 
 def _log_model() -> str:

@@ -7,8 +7,6 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-from mlflow.tracking._model_registry import utils as registry_utils
-from mlflow.tracking._tracking_service import utils as tracking_utils
 
 from core.fusion import reciprocal_rank_fusion
 from core.lexical import LexicalIndex
@@ -152,18 +150,9 @@ def _config() -> RetrievalConfig:
     )
 
 
-def test_unit_logged_registered_downloaded_and_loaded_as_pyfunc(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_unit_logged_registered_downloaded_and_loaded_as_pyfunc(tmp_path: Path, registry: Registry) -> None:
     """Through a real (temporary sqlite) MLflow registry: what the server downloads reads back whole, and
     `mlflow.pyfunc.load_model` answers queries with the lexical half."""
-    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(tracking_utils, "_tracking_uri", None)
-    monkeypatch.setattr(registry_utils, "_registry_uri", None)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(experiment_id=mlflow.create_experiment("t", (tmp_path / "art").as_uri()))
     lexical_dir = tmp_path / "lexical"
     _index().save(lexical_dir)
     write_unit(tmp_path / "unit", _config(), lexical_dir)
@@ -171,7 +160,6 @@ def test_unit_logged_registered_downloaded_and_loaded_as_pyfunc(
         info = mlflow.pyfunc.log_model(
             name="retrieval", python_model=LexicalSearchModel(), artifacts={ARTIFACT: str(tmp_path / "unit")}
         )
-    registry = Registry(uri)
     version = registry.register(str(info.model_uri), "retrieval")
     folder = registry.download("retrieval", version, tmp_path / "dl")
     config, lexical = read_unit(folder)
