@@ -140,12 +140,19 @@ class IngestParams(Section):
 
 
 class ChunkParams(Section):
+    method: Literal["tokens", "chars"] = "tokens"
+    """`tokens`: split at headings, then paragraphs, lines, sentences and words, merged up to `chunk_tokens`
+    (data/chunk.py). `chars`: fixed windows of `chunk_chars` characters, `overlap_chars` shared: the naive
+    recipe, kept as a candidate so that it is what gets served when nothing beats it."""
     chunk_tokens: int = Field(default=200, ge=16, le=512)
     """Target chunk size in embedder tokens (MiniLM's window is 256 word pieces)."""
     overlap_tokens: int = Field(default=32, ge=0)
     """Tokens shared by neighbouring chunks of one section."""
     min_chunk_tokens: int = Field(default=8, ge=1)
     """Chunks shorter than this (after splitting) are dropped: they carry no retrievable content."""
+    chunk_chars: int = Field(default=1000, ge=50)
+    overlap_chars: int = Field(default=200, ge=0)
+    """`chars` windows: size and overlap in characters."""
 
     @model_validator(mode="after")
     def _overlap_smaller(self) -> ChunkParams:
@@ -153,7 +160,46 @@ class ChunkParams(Section):
             raise ValueError(
                 f"overlap_tokens ({self.overlap_tokens}) must be smaller than chunk_tokens ({self.chunk_tokens})"
             )
+        if self.overlap_chars >= self.chunk_chars:
+            raise ValueError(
+                f"overlap_chars ({self.overlap_chars}) must be smaller than chunk_chars ({self.chunk_chars})"
+            )
         return self
+
+    @property
+    def name(self) -> str:
+        """`tokens-200-32` or `chars-1000-200`: how reports and metrics name this chunking."""
+        if self.method == "chars":
+            return f"chars-{self.chunk_chars}-{self.overlap_chars}"
+        return f"tokens-{self.chunk_tokens}-{self.overlap_tokens}"
+
+
+class ChunkingParams(Section):
+    """Chunk size and overlap chosen by measurement (stage `select_chunking`, evaluation/select_chunking.py)."""
+
+    grid: tuple[dict[str, str | int], ...] = ()
+    """Candidate chunkings, each some `data.chunk` keys laid over `data.chunk`; empty: `data.chunk` alone."""
+    select_by: Literal["dense", "lexical", "hybrid"] = "hybrid"
+    """The mode whose score (`gate.embedder_metric`) picks the winner; every mode is reported."""
+    max_documents: int = Field(default=40, ge=1)
+    """Held-in documents the candidates are compared on (a seeded sample): each candidate embeds their chunks."""
+    max_questions: int = Field(default=300, ge=1)
+
+    def candidates(self, base: ChunkParams) -> list[ChunkParams]:
+        """The grid over `base`, in order, without repeats.
+
+        Raises:
+            ValueError: an entry names an unknown key or an invalid value.
+        """
+        out: list[ChunkParams] = []
+        for i, entry in enumerate(self.grid or ({},)):
+            try:
+                c = ChunkParams.model_validate(base.model_dump() | dict(entry))
+            except ValidationError as e:
+                raise ValueError(f"data.chunking.grid[{i}] {dict(entry)}: {e.errors()[0]['msg']}") from None
+            if c not in out:
+                out.append(c)
+        return out
 
 
 class DatasetParams(Section):
@@ -164,8 +210,11 @@ class DatasetParams(Section):
     """Cap on embedder training pairs (None = all)."""
     max_chat_train: int = Field(default=2000, ge=1)
     max_chat_eval: int = Field(default=64, ge=1)
-    answer_max_words: int = Field(default=60, ge=5)
-    """Reference answers are the first sentences of the passage, cut to this many words."""
+    chat_passages: int = Field(default=3, ge=1, le=20)
+    """Numbered passages per chat example: the one holding the answer and BM25-mined distractors from other
+    documents (data/grounded.py)."""
+    unanswerable_fraction: float = Field(default=0.15, ge=0, lt=1)
+    """Share of chat examples given distractors only, answered with `core.prompts.NOT_IN_CONTEXT`."""
 
 
 class QuestionParams(Section):
@@ -197,8 +246,14 @@ class DataParams(Section):
     sample_corpus: SampleCorpusParams = SampleCorpusParams()
     ingest: IngestParams = IngestParams()
     chunk: ChunkParams = ChunkParams()
+    chunking: ChunkingParams = ChunkingParams()
     datasets: DatasetParams = DatasetParams()
     questions: QuestionParams = QuestionParams()
+
+    @model_validator(mode="after")
+    def _grid_valid(self) -> DataParams:
+        self.chunking.candidates(self.chunk)  # a bad grid entry fails here, at load, naming its index
+        return self
 
     def corpus_path(self) -> Path:
         p = Path(self.corpus_dir)
@@ -267,6 +322,10 @@ class EvaluateParams(Section):
     naive_chunk_chars: int = Field(default=1000, ge=50)
     """The naive recipe the gate compares against: base embedder over fixed windows of this many characters."""
     naive_overlap_chars: int = Field(default=200, ge=0)
+    rag_questions: int = Field(default=16, ge=1)
+    """Held-out questions answered end to end by each RAG configuration (stage `evaluate_rag`)."""
+    rag_max_new_tokens: int = Field(default=48, ge=1)
+    """Greedy tokens per RAG answer in `evaluate_rag`."""
 
     @model_validator(mode="after")
     def _naive_overlap(self) -> EvaluateParams:
@@ -295,6 +354,9 @@ class GateParams(Section):
     reranker_min_gain: float = 0.0
     """Reranking the hybrid candidates must beat the best mode without it (gate metric) by more than this,
     or the reranker is registered but not promoted and search serves without it."""
+    retrieval_min_gain: float = 0.0
+    """The served search must beat the naive recipe by more than this, or the naive recipe is what gets served
+    (evaluation/register_retrieval.py; negative: never fall back, tiny profiles only)."""
     champion_tolerance: float = Field(default=0.0, ge=0)
     """How much worse than the current champion a candidate may be and still be promoted."""
 

@@ -26,7 +26,7 @@ class Passage:
     text: str
     score: float
     metadata: dict[str, Any] = field(default_factory=dict)
-    """Chunk metadata from the index: `doc_id`, `position`, `source`, `title`, `heading`."""
+    """Chunk metadata from the index: `doc_id`, `position`, `source`, `title`, `heading`, `start`, `end`."""
 
 
 @dataclass
@@ -39,6 +39,16 @@ class Source:
     @property
     def chunk_ids(self) -> list[str]:
         return [p.id for p in self.passages]
+
+    @property
+    def span(self) -> tuple[int, int] | None:
+        """The character span in the document's text from the first to the last of its chunks (None when the
+        index holds no spans: built before they were recorded)."""
+        spans = [(p.metadata.get("start"), p.metadata.get("end")) for p in self.passages]
+        ints = [(a, b) for a, b in spans if isinstance(a, int) and isinstance(b, int)]
+        if len(ints) < len(spans):
+            return None
+        return min(a for a, _ in ints), max(b for _, b in ints)
 
     @property
     def metadata(self) -> dict[str, Any]:

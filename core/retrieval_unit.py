@@ -2,14 +2,16 @@
 `reranker`'s pyfunc (a cross-encoder, registered on its own and named by the unit when it passed the gate).
 
 A version records the embedder version, the chunking, the default mode chosen by measurement, the
-fusion settings and the held-out scores (`retrieval.json`), and carries the lexical index, so a fresh
-server pointed at the registry and the vector store can serve it. Written by the register stage,
-read by the server (`serving/registry.py`). Logged as an MLflow pyfunc whose `predict` runs the lexical
-half (the dense half needs the vector store): `mlflow.pyfunc.load_model("models:/retrieval@champion")`
-answers `["how do I ..."]` with chunk ids and BM25 scores.
+fusion settings and the held-out scores (`retrieval.json`), and carries the chunks and the lexical index,
+so a fresh server pointed at the registry and the vector store can serve it, and the index stage builds
+the vector collection from the unit alone (the embedder version it names, over the chunks it carries).
+Written by the register stage, read by the server (`serving/registry.py`). Logged as an MLflow pyfunc
+whose `predict` runs the lexical half (the dense half needs the vector store):
+`mlflow.pyfunc.load_model("models:/retrieval@champion")` answers `["how do I ..."]` with chunk ids and BM25 scores.
 
 Folder layout (the pyfunc artifact `retrieval`):
     retrieval.json   RetrievalConfig
+    chunks.parquet   the chunks both indexes hold (data/chunk.py's schema; md5 = `chunks_md5`)
     lexical/         core.lexical.LexicalIndex
 """
 
@@ -27,6 +29,7 @@ from core.lexical import LexicalIndex
 from core.retrieval_params import Mode, RetrievalParams
 
 CONFIG_FILE = "retrieval.json"
+CHUNKS_FILE = "chunks.parquet"
 LEXICAL_DIR = "lexical"
 ARTIFACT = "retrieval"
 """The pyfunc artifact's key."""
@@ -76,13 +79,33 @@ class RetrievalConfig(BaseModel):
     def weights(self) -> tuple[float, float]:
         return (self.dense_weight, self.lexical_weight)
 
+    @property
+    def chunking_name(self) -> str:
+        """`tokens-200-32`, or `chars-1000-200` when the naive recipe is served (core.config.ChunkParams.name)."""
+        from core.config import ChunkParams
 
-def write_unit(folder: Path, config: RetrievalConfig, lexical_dir: Path) -> None:
-    """Assemble the folder that gets logged: the config and a copy of the lexical index."""
+        return ChunkParams.model_validate(self.chunking).name
+
+
+def write_unit(folder: Path, config: RetrievalConfig, lexical_dir: Path, chunks_file: Path) -> None:
+    """Assemble the folder that gets logged: the config and copies of the chunks and the lexical index."""
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     (folder / CONFIG_FILE).write_text(config.model_dump_json(indent=2))
+    shutil.copyfile(chunks_file, folder / CHUNKS_FILE)
     shutil.copytree(lexical_dir, folder / LEXICAL_DIR)
+
+
+def unit_chunks(folder: Path) -> Path:
+    """The chunks file of a unit folder (see `find_unit`).
+
+    Raises:
+        FileNotFoundError: the unit carries no chunks (registered before units did).
+    """
+    path = find_unit(folder) / CHUNKS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: the retrieval version predates units carrying their chunks")
+    return path
 
 
 def find_unit(model_dir: Path) -> Path:

@@ -19,10 +19,11 @@ class ServingParams(Section):
     chat_alias: str = "champion"
     """Registry alias served for `models.chat_name` (e.g. `challenger` to try a candidate)."""
     embedder_alias: str = "champion"
-    """Registry alias served for `models.embedder_name`; the active Chroma index must match its version."""
+    """Registry alias of `models.embedder_name` that the benchmarks load. The server embeds with the version its
+    retrieval unit names instead (usually this one; the base model or the naive recipe's when they measured best)."""
     retrieval_alias: str = "champion"
-    """Registry alias served for `models.retrieval_name`: the search mode and lexical index; it must name the
-    served embedder version."""
+    """Registry alias served for `models.retrieval_name`: the embedder version, chunks, search mode and lexical
+    index, as one unit; the active Chroma index must have been built from it (`dvc repro index`)."""
     cache_dir: str = "state/serving-cache"
     """Downloaded model versions, one folder per name/version, so a restart works without the registry."""
     chat_max_batch_size: int = Field(default=16, ge=1, le=256)

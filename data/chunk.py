@@ -8,6 +8,10 @@ text; here every level of splitting is one batched tokenizer call.
     pieces --(greedy merge up to chunk_tokens, overlap_tokens carried over)--> chunks
 
 A chunk never crosses a section boundary, so every chunk has one heading path ("FUNCTIONS > dumps").
+Every chunk records its character span in the document's text (`start`, `end`), so a cited source can
+be pointed at in the original. `method: chars` (params `data.chunk`) is the naive recipe instead: fixed
+character windows, no headings; it stays a candidate of the `select_chunking` stage so that, when nothing
+beats it, it is what the pipeline builds and serves.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import polars as pl
 from transformers import PreTrainedTokenizerBase
 
 from core import paths
+from core.chunking import chosen_chunking
 from core.config import ChunkParams, params
 from core.io import write_parquet
 from core.log import get_logger
@@ -29,7 +34,9 @@ log = get_logger(__name__)
 SCHEMA = {
     "chunk_id": pl.String, "doc_id": pl.String, "source": pl.String, "title": pl.String,
     "heading": pl.String, "position": pl.Int64, "text": pl.String, "n_tokens": pl.Int64,
+    "start": pl.Int64, "end": pl.Int64,
 }  # fmt: skip
+"""`start`, `end`: the chunk's character span in its document's text (`text == document[start:end]`)."""
 HEADING_SEP = " > "
 
 _HEADING = re.compile(r"^(#{1,6})[ \t]+(.+?)[ \t#]*$")
@@ -50,6 +57,8 @@ class Section:
 
     heading: str
     text: str
+    offset: int = 0
+    """Where `text` starts in the document's text."""
 
 
 @dataclass
@@ -77,15 +86,19 @@ def split_sections(text: str, title: str = "") -> list[Section]:
     sections: list[Section] = []
     stack: list[tuple[int, str]] = []
     body: list[str] = []
+    body_start = 0  # where the body's first line starts in `text`
     in_fence = False
 
     def flush() -> None:
-        joined = "\n".join(body).strip("\n")
+        raw = "\n".join(body)
+        joined = raw.strip("\n")
         if joined.strip():
             path = [h for lvl, h in stack if not (lvl == 1 and h == title)]
-            sections.append(Section(HEADING_SEP.join(path), joined))
+            lead = len(raw) - len(raw.lstrip("\n"))
+            sections.append(Section(HEADING_SEP.join(path), joined, body_start + lead))
         body.clear()
 
+    pos = 0
     for line in text.split("\n"):
         if _FENCE.match(line):
             in_fence = not in_fence
@@ -96,8 +109,10 @@ def split_sections(text: str, title: str = "") -> list[Section]:
             while stack and stack[-1][0] >= level:
                 stack.pop()
             stack.append((level, m.group(2).strip()))
+            body_start = pos + len(line) + 1
         else:
             body.append(line)
+        pos += len(line) + 1
     flush()
     return sections
 
@@ -222,41 +237,59 @@ def merge_pieces(pieces: Sequence[_Piece], limit: int, overlap: int) -> list[tup
 def chunk_documents(
     docs_df: pl.DataFrame, tokenizer: PreTrainedTokenizerBase, chunk_params: ChunkParams
 ) -> pl.DataFrame:
-    """Chunk every document.
+    """Chunk every document by `chunk_params.method`.
 
     Args:
         docs_df: `documents.parquet` (columns `doc_id, source, title, text`).
         tokenizer: the embedder's tokenizer; chunk sizes are counted in its tokens.
-        chunk_params: `params().data.chunk`.
+        chunk_params: the chosen chunking (`core.chunking.chosen_chunking`) or a candidate of it.
 
     Returns:
         One row per chunk (see `SCHEMA`), sorted by source then position; positions are 0..n-1 per
         document after short chunks are dropped, and `chunk_id` is f"{doc_id}-{position:05d}".
     """
     cp = chunk_params
-    meta: list[tuple[str, str, str, str]] = []  # (doc_id, source, title, heading) per section
-    texts: list[str] = []
-    for doc in docs_df.sort("source").iter_rows(named=True):
-        for sec in split_sections(doc["text"], doc["title"]):
-            meta.append((doc["doc_id"], doc["source"], doc["title"], sec.heading))
-            texts.append(sec.text)
-    rows: list[tuple[str, str, str, str, str]] = []
-    pieces = split_pieces(tokenizer, texts, cp.chunk_tokens)
-    for m, text, ps in zip(meta, texts, pieces, strict=True):
-        for a, b in merge_pieces(ps, cp.chunk_tokens, cp.overlap_tokens):
-            chunk = text[a:b].strip()
-            if chunk:
-                rows.append((*m, chunk))
-    n_tokens = count_tokens(tokenizer, [r[4] for r in rows])
+    # (doc_id, source, title, heading, start, end, chunk text) per chunk, in order
+    rows: list[tuple[str, str, str, str, int, int, str]] = []
+    docs = docs_df.sort("source").iter_rows(named=True)
+    if cp.method == "chars":
+        for doc in docs:
+            for a, b in char_windows(doc["text"], cp.chunk_chars, cp.overlap_chars):
+                rows.append((doc["doc_id"], doc["source"], doc["title"], "", a, b, doc["text"][a:b]))
+    else:
+        meta: list[tuple[str, str, str, str, int]] = []  # (doc_id, source, title, heading, offset) per section
+        texts: list[str] = []
+        for doc in docs:
+            for sec in split_sections(doc["text"], doc["title"]):
+                meta.append((doc["doc_id"], doc["source"], doc["title"], sec.heading, sec.offset))
+                texts.append(sec.text)
+        pieces = split_pieces(tokenizer, texts, cp.chunk_tokens)
+        for (doc_id, source, title, heading, offset), text, ps in zip(meta, texts, pieces, strict=True):
+            for a, b in merge_pieces(ps, cp.chunk_tokens, cp.overlap_tokens):
+                a, b = _trim(text, a, b)
+                if a < b:
+                    rows.append((doc_id, source, title, heading, offset + a, offset + b, text[a:b]))
+    n_tokens = count_tokens(tokenizer, [r[6] for r in rows])
     out: list[dict[str, object]] = []
     position: dict[str, int] = {}
-    for (doc_id, source, title, heading, chunk), n in zip(rows, n_tokens, strict=True):
+    for (doc_id, source, title, heading, start, end, chunk), n in zip(rows, n_tokens, strict=True):
         if n < cp.min_chunk_tokens:
             continue
         pos = position[doc_id] = position.get(doc_id, -1) + 1
         out.append({"chunk_id": f"{doc_id}-{pos:05d}", "doc_id": doc_id, "source": source, "title": title,
-                    "heading": heading, "position": pos, "text": chunk, "n_tokens": n})  # fmt: skip
+                    "heading": heading, "position": pos, "text": chunk, "n_tokens": n,
+                    "start": start, "end": end})  # fmt: skip
     return pl.DataFrame(out, schema=SCHEMA)
+
+
+def char_windows(text: str, size: int, overlap: int) -> list[tuple[int, int]]:
+    """Spans of fixed windows of `size` characters, `overlap` shared, over `text` (blank windows skipped).
+
+    The recipe people write by hand (and the naive baseline): no regard for headings, sentences or words.
+    """
+    step = size - overlap
+    spans = [(a, min(a + size, len(text))) for a in range(0, max(len(text) - overlap, 1), step)]
+    return [(a, b) for a, b in spans if text[a:b].strip()]
 
 
 def load_tokenizer() -> PreTrainedTokenizerBase:
@@ -282,7 +315,7 @@ def run(tokenizer: PreTrainedTokenizerBase, cp: ChunkParams) -> pl.DataFrame:
     chunks = chunk_documents(docs, tokenizer, cp)
     if chunks.is_empty():
         raise ValueError(
-            f"no chunk has at least data.chunk.min_chunk_tokens={cp.min_chunk_tokens} tokens: "
+            f"no chunk of {cp.name} has at least data.chunk.min_chunk_tokens={cp.min_chunk_tokens} tokens: "
             "lower it or add longer documents"
         )
     write_parquet(chunks, paths.CHUNKS)
@@ -295,7 +328,9 @@ def run(tokenizer: PreTrainedTokenizerBase, cp: ChunkParams) -> pl.DataFrame:
 
 
 def main() -> None:
-    run(load_tokenizer(), params().data.chunk)
+    cp = chosen_chunking(params())
+    log.info("chunking=%s (stage select_chunking)", cp.name)
+    run(load_tokenizer(), cp)
 
 
 if __name__ == "__main__":

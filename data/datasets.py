@@ -1,4 +1,4 @@
-"""DVC stage `python -m data.datasets`: `chunks.parquet` -> embedder and chat training/evaluation sets.
+"""DVC stage `python -m data.datasets`: chunks and questions -> embedder and chat training/evaluation sets.
 
 Documents, never chunks, are split into train and held-out, so no passage of a held-out document
 (nor its near-duplicate neighbour chunk) is seen in training. Every choice (split, caps) comes from a
@@ -7,13 +7,13 @@ seeded sha256 of a stable key, so the files are byte-identical across runs and m
     embed_train         anchor (query), positive (chunk text), doc_id      <- train docs
     embed_eval_queries  query_id, query, relevant_ids (chunk_ids)         <- held-out docs
     embed_eval_corpus   chunk_id, text                                    <- held-out docs
-    chat_train / eval   question, context, answer, doc_id, chunk_id       <- train / held-out docs
+    chat_train / eval   query_id, question, contexts, answer, doc_id,     <- train / held-out docs
+                        chunk_id, answerable                                 questions (data/grounded.py)
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Iterable
 
 import polars as pl
@@ -33,7 +33,6 @@ OUTPUTS = {
     "chat_train": paths.CHAT_TRAIN,
     "chat_eval": paths.CHAT_EVAL,
 }
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
 class DatasetError(ValueError):
@@ -88,49 +87,24 @@ def query_text(title: str, heading: str) -> str:
     return f"{title}: {last}" if last else title
 
 
-def question_text(title: str, heading: str) -> str:
-    """The chat question asked about a chunk."""
-    last = heading.split(HEADING_SEP)[-1].strip() if heading else ""
-    about = f"{last} in {title}" if last else title
-    return f"What does the documentation say about {about}?"
-
-
-def reference_answer(text: str, max_words: int) -> str:
-    """The passage's first sentences, whole sentences while they fit in `max_words` words (the first
-    sentence is cut if it alone is longer). Whitespace is collapsed: code indentation is noise here."""
-    words: list[str] = []
-    for sentence in _SENTENCE_END.split(text.strip()):
-        w = sentence.split()
-        if words and len(words) + len(w) > max_words:
-            break
-        words += w
-        if len(words) >= max_words:
-            break
-    return " ".join(words[:max_words])
-
-
 def _with_queries(chunks: pl.DataFrame) -> pl.DataFrame:
     titles, headings = chunks["title"].to_list(), chunks["heading"].to_list()
     return chunks.with_columns(
         query=pl.Series([query_text(t, h) for t, h in zip(titles, headings, strict=True)], dtype=pl.String),
-        question=pl.Series([question_text(t, h) for t, h in zip(titles, headings, strict=True)], dtype=pl.String),
     )
 
 
-def _chat(chunks: pl.DataFrame, cap: int, max_words: int, seed: int) -> pl.DataFrame:
-    sample = seeded_sample(chunks, cap, "chunk_id", seed).sort("chunk_id")
-    answers = [reference_answer(t, max_words) for t in sample["text"].to_list()]
-    return sample.select(
-        "question", pl.col("text").alias("context"), pl.Series("answer", answers, dtype=pl.String), "doc_id", "chunk_id"
-    )
-
-
-def build_datasets(chunks_df: pl.DataFrame, params: Params) -> dict[str, pl.DataFrame]:
-    """Build every training and evaluation set from the chunks.
+def build_datasets(
+    chunks_df: pl.DataFrame, params: Params, train_questions: pl.DataFrame, eval_questions: pl.DataFrame
+) -> dict[str, pl.DataFrame]:
+    """Build every training and evaluation set from the chunks and the questions.
 
     Args:
         chunks_df: `chunks.parquet` (chunk_id, doc_id, title, heading, text, ...).
-        params: the project parameters (`data.datasets` and `seed`).
+        params: the project parameters (`data.datasets`, `retrieval.stemmer` and `seed`).
+        train_questions: `train_questions.parquet` (stage `questions`): the training documents' questions.
+        eval_questions: `eval_questions.parquet`: the held-out documents' questions. Both are filtered to
+            their side of the split here, so a question about a held-out document never reaches chat_train.
 
     Returns:
         Frames keyed as in `OUTPUTS`, each sorted so that equal inputs give byte-identical files.
@@ -163,12 +137,22 @@ def build_datasets(chunks_df: pl.DataFrame, params: Params) -> dict[str, pl.Data
         .sort("query_id")
         .select("query_id", "query", pl.col("relevant_ids").cast(pl.List(pl.String)))
     )
+    # imported here: data.grounded takes `seeded_sample` / `stable_unit` from this module
+    from data.grounded import grounded_examples
+
+    def chat(questions: pl.DataFrame, side: pl.DataFrame, cap: int) -> pl.DataFrame:
+        # chunks.parquet is of the unmasked documents: the passage holding a question's sentence is in it
+        return grounded_examples(
+            questions.filter(pl.col("doc_id").is_in(side["doc_id"].unique().to_list())),
+            side, cfg.chat_passages, cfg.unanswerable_fraction, cap, seed, params.retrieval.stemmer,
+        )  # fmt: skip
+
     return {
         "embed_train": embed_train,
         "embed_eval_queries": queries,
         "embed_eval_corpus": held.select("chunk_id", "text"),
-        "chat_train": _chat(train, cfg.max_chat_train, cfg.answer_max_words, seed),
-        "chat_eval": _chat(held, cfg.max_chat_eval, cfg.answer_max_words, seed),
+        "chat_train": chat(train_questions, train, cfg.max_chat_train),
+        "chat_eval": chat(eval_questions, held, cfg.max_chat_eval),
     }
 
 
@@ -183,6 +167,7 @@ def dataset_stats(chunks_df: pl.DataFrame, frames: dict[str, pl.DataFrame], para
             "train": int(chunks_df["doc_id"].is_in(train_ids).sum()),
             "eval": int(chunks_df["doc_id"].is_in(eval_ids).sum()),
         },
+        "chat_unanswerable": {name: int((~frames[name]["answerable"]).sum()) for name in ("chat_train", "chat_eval")},
         "seed": params.seed,
         "eval_fraction": cfg.eval_fraction,
     }
@@ -190,11 +175,18 @@ def dataset_stats(chunks_df: pl.DataFrame, frames: dict[str, pl.DataFrame], para
 
 def main() -> None:
     p = params()
-    if not paths.CHUNKS.exists():
-        raise SystemExit(f"{paths.CHUNKS} does not exist: run `python -m data.chunk` first")
+    for need, stage in (
+        (paths.CHUNKS, "chunk"),
+        (paths.TRAIN_QUESTIONS, "questions"),
+        (paths.EVAL_QUESTIONS, "questions"),
+    ):
+        if not need.exists():
+            raise SystemExit(f"{need} does not exist: run `dvc repro {stage}` first")
     chunks = pl.read_parquet(paths.CHUNKS)
     try:
-        frames = build_datasets(chunks, p)
+        frames = build_datasets(
+            chunks, p, pl.read_parquet(paths.TRAIN_QUESTIONS), pl.read_parquet(paths.EVAL_QUESTIONS)
+        )
     except DatasetError as e:
         raise SystemExit(f"data.datasets: {e}") from None
     for name, df in frames.items():

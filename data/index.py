@@ -1,14 +1,19 @@
-"""Stage `index`: embed every chunk with `embedder@champion` into a new Chroma collection, then switch.
+"""Stage `index`: embed the chunks of `retrieval@champion` with the embedder version it names into a new Chroma
+collection, then switch.
 
-Steps: resolve champion -> embed -> write new collection -> verify -> switch pointer -> prune old.
-The collection name carries the embedder version and the chunks' md5, and its metadata records
-both; serving refuses to start on a collection built by another embedder version.
+Steps: resolve the retrieval unit -> its chunks and embedder version -> embed -> write new collection -> verify ->
+switch pointer -> prune old. The unit (core/retrieval_unit.py) carries its chunks, so the collection is built
+from exactly what the lexical index holds, whether that is the chosen chunking with the fine-tuned embedder or
+the naive recipe. The collection name carries the embedder version and the chunks' md5, and its metadata records
+both; serving refuses to start on a collection built by another embedder version or from other chunks.
 """
 
 from __future__ import annotations
 
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import polars as pl
 from tqdm import tqdm
@@ -20,6 +25,7 @@ from core.io import write_json
 from core.loading import load_embedder
 from core.log import get_logger
 from core.registry import Registry
+from core.retrieval_unit import RetrievalConfig, read_unit, unit_chunks
 from core.tracking import file_md5
 from core.vectorstore import ActiveIndex, chroma_client, collection_name, prune, read_active, switch_active
 
@@ -30,29 +36,43 @@ class IndexBuildError(RuntimeError):
     pass
 
 
-def champion_version(p: Params) -> str:
-    """The embedder version the champion alias points at.
+def served_unit(p: Params, dest: Path) -> tuple[str, RetrievalConfig, pl.DataFrame]:
+    """The retrieval champion's version, config and chunks, downloaded into `dest`.
 
     Raises:
-        IndexBuildError: there is no champion yet (the promotion gate has not passed).
+        IndexBuildError: there is no retrieval champion yet, or its chunks are not the ones it names.
         RegistryUnreachable: the registry cannot be reached.
     """
+    registry, name = Registry(), p.models.retrieval_name
     try:
-        return Registry().resolve(p.models.embedder_name, p.models.champion_alias)
+        version = registry.resolve(name, p.models.champion_alias)
     except AliasNotFound as e:
         raise IndexBuildError(
-            f"no `{p.models.embedder_name}@{p.models.champion_alias}` in the registry: the promotion gate has not "
-            f"passed yet (see {paths.REGISTER_REPORT.relative_to(paths.PROJECT_ROOT)})"
+            f"no `{name}@{p.models.champion_alias}` in the registry: the register stage has not run yet "
+            f"(see {paths.REGISTER_REPORT.relative_to(paths.PROJECT_ROOT)})"
         ) from e
+    folder = registry.download(name, version, dest)
+    try:
+        config, _ = read_unit(folder)
+        chunks = unit_chunks(folder)
+    except (OSError, ValueError) as e:
+        raise IndexBuildError(f"cannot read {name} version {version}: {e}; rerun `dvc repro register`") from e
+    if file_md5(chunks) != config.chunks_md5:
+        raise IndexBuildError(f"{name} version {version} carries chunks other than the ones it names (md5 mismatch)")
+    return version, config, pl.read_parquet(chunks)
 
 
 def build_index(p: Params) -> ActiveIndex:
-    """Build (or reuse, when identical) the collection for the current chunks and champion embedder."""
+    """Build (or reuse, when identical) the collection for the retrieval champion's chunks and embedder version."""
     cfg = p.index
-    version = champion_version(p)
-    md5 = file_md5(paths.CHUNKS)
+    with tempfile.TemporaryDirectory() as tmp:
+        unit_version, unit, chunks = served_unit(p, Path(tmp) / "retrieval")
+    version, md5 = unit.embedder_version, unit.chunks_md5
+    log.info(
+        "retrieval version %s: embedder version %s, %d chunks (%s)",
+        unit_version, version, chunks.height, unit.chunking.get("method", "tokens"),
+    )  # fmt: skip
     name = collection_name(cfg.collection_prefix, version, md5)
-    chunks = pl.read_parquet(paths.CHUNKS)
     client = chroma_client(cfg)
     target = ActiveIndex(name, p.models.embedder_name, version, md5, chunks.height)
 
@@ -88,7 +108,7 @@ def build_index(p: Params) -> ActiveIndex:
             ids=part["chunk_id"].to_list(),
             documents=part["text"].to_list(),
             embeddings=embeddings[i : i + cfg.batch_size],
-            metadatas=part.select("doc_id", "source", "title", "heading", "position").to_dicts(),  # type: ignore[arg-type]
+            metadatas=part.select("doc_id", "source", "title", "heading", "position", "start", "end").to_dicts(),  # type: ignore[arg-type]
         )
 
     # verify before switching: every chunk is there, and a chunk finds itself first

@@ -22,6 +22,8 @@ hash so the files are byte-identical across runs.
     eval_questions   query_id, query, doc_id, source, sentence, start, end   (span in the original text)
     eval_documents   the held-out documents with those sentences removed (doc_id, source, title, text)
     embed_train_questions   anchor, positive, doc_id   <- the training documents, for the embedder
+    train_questions  the training documents' questions, unmasked (same columns as eval_questions), for the
+                     chat model's grounded examples (data/grounded.py)
 
 The training pairs are the same kind of question about the training documents (never a held-out one),
 with the chunk that held its sentence as the positive, that sentence cut out of it: the embedder learns
@@ -220,12 +222,15 @@ def main() -> None:
     train_cfg = cfg.model_copy(
         update={"max_per_document": cfg.train_per_document, "max_questions": cfg.max_train_pairs}
     )
-    pairs = training_pairs(build_questions(train, train_cfg, p.seed), chunks)
+    train_questions = build_questions(train, train_cfg, p.seed)
+    pairs = training_pairs(train_questions, chunks)
     write_parquet(questions, paths.EVAL_QUESTIONS)
     write_parquet(mask_documents(held, questions), paths.EVAL_DOCUMENTS)
     write_parquet(pairs, paths.EMBED_TRAIN_QUESTIONS)
+    write_parquet(train_questions, paths.TRAIN_QUESTIONS)
     stats = {"questions": questions.height, "documents": held.height,
-             "documents_with_questions": questions["doc_id"].n_unique(), "train_pairs": pairs.height}  # fmt: skip
+             "documents_with_questions": questions["doc_id"].n_unique(), "train_pairs": pairs.height,
+             "train_questions": train_questions.height}  # fmt: skip
     write_json(stats, paths.QUESTIONS_STATS)
     log.info("held-out questions %s out=%s", stats, paths.EVAL_QUESTIONS)
 

@@ -1,8 +1,9 @@
 """Chat model quality on the held-out RAG examples: loss / perplexity and an answer-quality score.
 
-Loss is the mean cross-entropy of the reference answer tokens given the prompt (the quantity the
-fine-tuning minimises). Answer quality is SQuAD-style token F1 between the greedy answer and the
-reference answer.
+The examples (data/grounded.py) are a question over numbered passages with a grounded, cited reference
+answer (or `NOT_IN_CONTEXT` when no passage answers). Loss is the mean cross-entropy of the reference
+answer tokens given the prompt (the quantity the fine-tuning minimises). Answer quality is SQuAD-style
+token F1 between the greedy answer and the reference answer.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from training.chat import IGNORE, collate, encode_frame
 def heldout_loss(
     model: PreTrainedModel, tok: PreTrainedTokenizerBase, df: pl.DataFrame, max_length: int, batch_size: int = 8
 ) -> dict[str, float]:
-    """Token-weighted mean answer loss and perplexity over `df` (question/context/answer)."""
+    """Token-weighted mean answer loss and perplexity over `df` (columns `question, contexts, answer`)."""
     examples = encode_frame(tok, df, max_length)
     total, count = 0.0, 0
     with torch.inference_mode():
@@ -68,7 +69,8 @@ def generate_answers(
     max_new_tokens: int,
     batch_size: int = 8,
 ) -> list[str]:
-    """Greedy answers, batched with left padding."""
+    """Greedy answers to `questions`, each over its own numbered passages (`contexts[i]`, a list), in the
+    prompt serving sends (core/prompts.py `rag_messages`); batched with left padding."""
     tok.padding_side = "left"
     answers: list[str] = []
     with torch.inference_mode():
@@ -87,7 +89,7 @@ def answer_quality(
     model: PreTrainedModel, tok: PreTrainedTokenizerBase, df: pl.DataFrame, max_new_tokens: int
 ) -> tuple[dict[str, float], list[dict[str, str]]]:
     """Mean token F1 of generated answers against the references, and the samples for a report."""
-    answers = generate_answers(model, tok, df["question"].to_list(), [[c] for c in df["context"]], max_new_tokens)
+    answers = generate_answers(model, tok, df["question"].to_list(), df["contexts"].to_list(), max_new_tokens)
     f1s = [token_f1(a, r) for a, r in zip(answers, df["answer"], strict=True)]
     samples = [
         {"question": q, "reference": r, "answer": a, "f1": round(f, 3)}

@@ -172,6 +172,23 @@ def gate_one(
     }
 
 
+def base_embedder_version(p: Params, registry: Registry, report: dict[str, Any], tags: dict[str, str]) -> str:
+    """The registered base embedder for a retrieval unit that searches with it: the one the gate promoted (no
+    champion before), else registered now beside the candidate, without moving any alias."""
+    if report["embedder"]["base_version"] is not None:
+        return str(report["embedder"]["base_version"])
+    run_id = json.loads(paths.TRAIN_EMBEDDER_METRICS.read_text())["run_id"]
+    scores = json.loads(paths.EVAL_METRICS.read_text())["embedder"]["base"]
+    heldout = {f"heldout.{k.replace('@', '_at_')}": str(v) for k, v in scores.items()}
+    reg = register_embedder(p, registry, run_id, tags | heldout | {"variant": "base"}, base=True)
+    registry.tag(
+        reg.name,
+        reg.version,
+        {"gate.decision": "not promoted", "gate.reasons": "the base model: the retrieval unit searches with it"},
+    )
+    return reg.version
+
+
 def main() -> None:
     p = params()
     setup_mlflow()
@@ -202,7 +219,9 @@ def main() -> None:
     ]
     report: dict[str, Any] = {c.kind: gate_one(p, registry, c, metrics[c.kind], tags) for c in candidates}
     try:
-        report["retrieval"] = register_retrieval(p, registry, metrics, report["embedder"], tags)
+        report["retrieval"] = register_retrieval(
+            p, registry, metrics, report["embedder"], tags, lambda: base_embedder_version(p, registry, report, tags)
+        )
     except RetrievalRegisterError as e:
         write_json(report, paths.REGISTER_REPORT)
         sys.exit(f"register: {e}")

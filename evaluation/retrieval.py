@@ -73,18 +73,19 @@ def retrieval_metrics(
 
 
 def naive_chunks(docs: pl.DataFrame, size_chars: int, overlap_chars: int) -> pl.DataFrame:
-    """The recipe people write by hand: fixed windows of `size_chars` characters, `overlap_chars` shared.
+    """The recipe people write by hand: fixed windows of `size_chars` characters, `overlap_chars` shared
+    (`data.chunk.char_windows`, the `chars` chunking method).
 
     Returns:
         Columns `chunk_id, doc_id, text`.
     """
-    step = size_chars - overlap_chars
-    rows = []
-    for doc_id, text in zip(docs["doc_id"], docs["text"], strict=True):
-        for i, start in enumerate(range(0, max(len(text) - overlap_chars, 1), step)):
-            piece = text[start : start + size_chars]
-            if piece.strip():
-                rows.append({"chunk_id": f"{doc_id}-n{i:05d}", "doc_id": doc_id, "text": piece})
+    from data.chunk import char_windows
+
+    rows = [
+        {"chunk_id": f"{doc_id}-n{i:05d}", "doc_id": doc_id, "text": text[a:b]}
+        for doc_id, text in zip(docs["doc_id"], docs["text"], strict=True)
+        for i, (a, b) in enumerate(char_windows(text, size_chars, overlap_chars))
+    ]
     return pl.DataFrame(rows, schema={"chunk_id": pl.String, "doc_id": pl.String, "text": pl.String})
 
 
@@ -218,7 +219,7 @@ class QuestionSet:
 
     questions: pl.DataFrame
     chunks: pl.DataFrame
-    """The platform's chunking (`data.chunk`, params `data.chunk`) of the masked documents."""
+    """The platform's chunking (the one stage `select_chunking` chose) of the masked documents."""
     naive_chunks: pl.DataFrame
     """Fixed character windows (params `evaluate.naive_chunk_chars` / `naive_overlap_chars`)."""
     _lexical: list[list[int]] | None = field(default=None, compare=False)
@@ -226,13 +227,15 @@ class QuestionSet:
     @classmethod
     def load(cls, p: Params) -> QuestionSet:
         """Read `eval_questions.parquet` and `eval_documents.parquet` (stage `questions`) and chunk the documents."""
+        from core.chunking import chosen_chunking
         from data.chunk import chunk_documents, load_tokenizer
 
         docs = pl.read_parquet(paths.EVAL_DOCUMENTS)
         ev = p.evaluate
+        chunks = chunk_documents(docs, load_tokenizer(), chosen_chunking(p))
         return cls(
             questions=pl.read_parquet(paths.EVAL_QUESTIONS),
-            chunks=chunk_documents(docs, load_tokenizer(), p.data.chunk).select("chunk_id", "doc_id", "text"),
+            chunks=chunks.select("chunk_id", "doc_id", "text"),
             naive_chunks=naive_chunks(docs, ev.naive_chunk_chars, ev.naive_overlap_chars),
         )
 

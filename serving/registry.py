@@ -2,8 +2,8 @@
 
     resolve   `models:/<name>@<alias>` -> version (core.registry, the one module that calls MLflow's registry)
     cache     download that version once into `<cache_dir>/<name>/<version>/` (complete marker last)
-    verify    `retrieval@alias` names the served embedder version, and the active Chroma collection was
-              built by that version from the chunks the retrieval unit's lexical index holds
+    verify    the active Chroma collection was built by the embedder version `retrieval@alias` names (the one
+              served), from the chunks the retrieval unit carries
     load      core.loading (the same functions evaluation uses), from the cached folder, on `settings.device`
 
 If the registry cannot be reached (or no longer knows the alias), start-up falls back to the version
@@ -152,26 +152,31 @@ def open_index(settings: Settings, embedder: ServedModel) -> tuple[ActiveIndex, 
     return active, client.get_collection(active.collection, embedding_function=None)
 
 
-def open_retrieval(
-    retrieval: ServedModel, embedder: ServedModel, index: ActiveIndex
-) -> tuple[RetrievalConfig, LexicalIndex]:
-    """The retrieval unit's config and lexical index, checked against the served embedder and the index.
+def read_retrieval(retrieval: ServedModel) -> tuple[RetrievalConfig, LexicalIndex]:
+    """The retrieval unit's config and lexical index.
 
     Raises:
-        StartupError: the unit is unreadable, or names another embedder version or other chunks.
+        StartupError: the unit is unreadable.
     """
     try:
-        config, lexical = read_unit(retrieval.path)
+        return read_unit(retrieval.path)
     except (OSError, ValueError) as e:
         raise StartupError(
             f"cannot read {retrieval.name} version {retrieval.version} from {retrieval.path}: {e}"
         ) from e
+
+
+def check_retrieval(retrieval: ServedModel, config: RetrievalConfig, embedder: ServedModel, index: ActiveIndex) -> None:
+    """The unit names the served embedder version, and the active index holds the unit's chunks.
+
+    Raises:
+        StartupError: it names another embedder version or other chunks.
+    """
     if (config.embedder_name, config.embedder_version) != (embedder.name, embedder.version):
         raise StartupError(
             f"{retrieval.name} version {retrieval.version} (models:/{retrieval.name}@{retrieval.alias}) searches with "
             f"{config.embedder_name} version {config.embedder_version}, but serving would load {embedder.name} "
-            f"version {embedder.version} (models:/{embedder.name}@{embedder.alias}); point the two aliases at "
-            "versions registered together (`dvc repro register`)"
+            f"version {embedder.version}; serve the embedder version the unit names"
         )
     if config.chunks_md5 != index.data_md5:
         raise StartupError(
@@ -179,6 +184,15 @@ def open_retrieval(
             f"Chroma collection {index.collection} holds chunks {index.data_md5[:12]}: rebuild the index "
             "(`dvc repro index`)"
         )
+
+
+def open_retrieval(
+    retrieval: ServedModel, embedder: ServedModel, index: ActiveIndex
+) -> tuple[RetrievalConfig, LexicalIndex]:
+    """The retrieval unit's config and lexical index, checked against the served embedder and the index
+    (`read_retrieval`, then `check_retrieval`)."""
+    config, lexical = read_retrieval(retrieval)
+    check_retrieval(retrieval, config, embedder, index)
     return config, lexical
 
 
@@ -188,11 +202,19 @@ def load_models(settings: Settings) -> LoadedModels:
     Raises:
         StartupError: a model cannot be resolved or cached, or the index does not match the embedder.
     """
-    emb_info = fetch(settings.embedder_name, settings.serving.embedder_alias, settings)
-    chat_info = fetch(settings.chat_name, settings.serving.chat_alias, settings)
     retrieval_info = fetch(settings.retrieval_name, settings.serving.retrieval_alias, settings)
+    retrieval, lexical = read_retrieval(retrieval_info)
+    # The embedder is the version the retrieval unit was chosen with (the champion, the base model, or the naive
+    # recipe's), not a second alias that could point elsewhere.
+    emb_info = fetch(
+        settings.embedder_name,
+        f"{settings.retrieval_name}@{settings.serving.retrieval_alias}",
+        settings,
+        retrieval.embedder_version,
+    )
+    chat_info = fetch(settings.chat_name, settings.serving.chat_alias, settings)
     index, collection = open_index(settings, emb_info)  # fail fast, before loading weights
-    retrieval, lexical = open_retrieval(retrieval_info, emb_info, index)
+    check_retrieval(retrieval_info, retrieval, emb_info, index)
     device = pick_device(settings.device)
     embedder = load_embedder(emb_info.path, device=device)
     chat_model, tokenizer = load_chat(chat_info.path, device=device)

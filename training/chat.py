@@ -1,14 +1,17 @@
 """Stage `train_chat`: LoRA fine-tuning of the chat base on the RAG instruction data, merged for serving.
 
-Each example is the serving RAG prompt (core/prompts.py) over one passage, with the reference
-answer as the assistant turn. Only the answer tokens are trained on (prompt labels are -100).
+Each example is the serving RAG prompt (core/prompts.py) over its numbered passages (data/grounded.py),
+with the grounded, cited answer as the assistant turn. Only the answer tokens are trained on (prompt labels
+are -100).
 The LoRA adapter is merged into the base before saving: MLflow's transformers flavour would
 otherwise store only the adapter plus a hub reference to the base, which we cannot reach offline.
 """
 
 from __future__ import annotations
 
+import re
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase, Trainer, TrainingArguments
 
 from core import paths
+from core.citations import CITATION
 from core.config import Params, params
 from core.device import pick_device
 from core.io import write_json
@@ -32,31 +36,100 @@ log = get_logger(__name__)
 IGNORE = -100  # label value the loss skips
 
 
+def level_lengths(lengths: Sequence[int], excess: int) -> list[int]:
+    """New lengths, `excess` shorter in all, taken from the longest first: every length over a level L is
+    cut to L, the lowest L that removes `excess` (ties of the cut: the last ones lose the extra token).
+
+    >>> level_lengths([100, 40, 70], 50)
+    [60, 40, 60]
+    """
+    if excess <= 0:
+        return list(lengths)
+    if excess >= sum(lengths):
+        return [0] * len(lengths)
+    lo, hi = 0, max(lengths)  # the highest level that removes at least `excess`
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if sum(max(n - mid, 0) for n in lengths) >= excess:
+            lo = mid
+        else:
+            hi = mid - 1
+    out = [min(n, lo) for n in lengths]
+    spare = sum(lengths) - excess - sum(out)  # give back what the level over-cut, to the first ones at it
+    for i, n in enumerate(lengths):
+        if spare > 0 and n > lo:
+            out[i] += 1
+            spare -= 1
+    return out
+
+
+def _evidence_span(passage: str, answer: str) -> tuple[int, int] | None:
+    """Where the answer's text (without its citations) stands in `passage`, whatever the whitespace."""
+    words = CITATION.sub("", answer).split()
+    if not words:
+        return None
+    found = re.search(r"\s+".join(re.escape(w) for w in words), passage)
+    return found.span() if found else None
+
+
+def cut_passage(tok: PreTrainedTokenizerBase, passage: str, n_tokens: int, answer: str) -> str:
+    """`passage` cut to about `n_tokens` tokens: its end goes, unless it holds the answer's text, which the
+    window keeps (centred on it), so a grounded example never loses its grounds."""
+    enc = tok(passage, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    if len(ids) <= n_tokens:
+        return passage
+    span = _evidence_span(passage, answer)
+    first = 0
+    if span is not None:  # a window centred on the grounds
+        inside = [i for i, (a, b) in enumerate(offsets) if b > span[0] and a < span[1]]
+        if inside:
+            need = inside[-1] - inside[0] + 1
+            n_tokens = max(n_tokens, need)  # the grounds stay whole even over the target
+            first = max(0, min(inside[0] - (n_tokens - need) // 2, len(ids) - n_tokens))
+    last = min(first + n_tokens, len(ids))
+    if last <= first:
+        return ""
+    return passage[offsets[first][0] : offsets[last - 1][1]]
+
+
 def encode_example(
-    tok: PreTrainedTokenizerBase, question: str, context: str, answer: str, max_length: int
+    tok: PreTrainedTokenizerBase, question: str, passages: Sequence[str], answer: str, max_length: int
 ) -> dict[str, list[int]]:
-    """Token ids and labels for one example; the context is cut (never the answer) to fit `max_length`."""
+    """Token ids and labels for one example; passages are cut (never the answer) to fit `max_length`.
+
+    The longest passages are cut first, down to a common length (`level_lengths`), from their end, except
+    around the answer's own text (`cut_passage`); the answer is cut only when the prompt alone is too long.
+    """
     answer_ids = tok(answer + tok.eos_token, add_special_tokens=False)["input_ids"]
 
-    def prompt_ids(ctx: str) -> list[int]:
+    def prompt_ids(ps: Sequence[str]) -> list[int]:
         # transformers 5 returns a BatchEncoding here (4.x returned a list of ids)
         enc = tok.apply_chat_template(
-            rag_messages(question, [ctx]), add_generation_prompt=True, tokenize=True, return_dict=True
+            rag_messages(question, ps), add_generation_prompt=True, tokenize=True, return_dict=True
         )
         return list(enc["input_ids"])  # type: ignore[index,arg-type,call-overload]
 
-    ids = prompt_ids(context)
-    overflow = len(ids) + len(answer_ids) - max_length
-    if overflow > 0:
-        ctx_ids: list[int] = tok(context, add_special_tokens=False)["input_ids"]
-        keep = max(len(ctx_ids) - overflow - 4, 0)  # -4: re-tokenising a cut text can shift a few tokens
-        ids = prompt_ids(str(tok.decode(ctx_ids[:keep])))
+    cut = list(passages)
+    ids = prompt_ids(cut)
+    # re-tokenising a cut text can shift a few tokens, and the grounds are kept whole: a few rounds settle it
+    for _ in range(4):
+        overflow = len(ids) + len(answer_ids) - max_length
+        if overflow <= 0:
+            break
+        lengths = [len(tok(p, add_special_tokens=False)["input_ids"]) for p in cut]
+        targets = level_lengths(lengths, overflow + 4)
+        cut = [cut_passage(tok, p, n, answer) for p, n in zip(cut, targets, strict=True)]
+        ids = prompt_ids(cut)
     answer_ids = answer_ids[: max(max_length - len(ids), 1)]
     return {"input_ids": ids + answer_ids, "labels": [IGNORE] * len(ids) + answer_ids}
 
 
 def encode_frame(tok: PreTrainedTokenizerBase, df: pl.DataFrame, max_length: int) -> list[dict[str, list[int]]]:
-    return [encode_example(tok, r["question"], r["context"], r["answer"], max_length) for r in df.iter_rows(named=True)]
+    """`encode_example` for every row of a chat dataset (columns `question, contexts, answer`)."""
+    return [
+        encode_example(tok, r["question"], r["contexts"], r["answer"], max_length) for r in df.iter_rows(named=True)
+    ]
 
 
 def collate(tok: PreTrainedTokenizerBase, batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:

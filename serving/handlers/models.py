@@ -58,6 +58,7 @@ class ModelsHandler:
             },
             index=p.index_name,
             search_mode=p.retriever.default_mode,
+            chunking=p.retriever.config.chunking_name,
             reranker=p.reranker is not None,
             abstain_below=p.retriever.config.abstain_threshold,
             abstain_score=p.retriever.config.abstain_score,

@@ -41,6 +41,8 @@ class RagSource(BaseModel):
     """The document's id."""
     title: str | None
     heading: str | None
+    span: tuple[int, int] | None
+    """`[start, end)`: where the source's text lies in the document's text (its chunks' first start to last end)."""
     metadata: dict[str, Any]
 
     @classmethod
@@ -60,6 +62,7 @@ class RagSource(BaseModel):
             document=text_or_none("doc_id"),
             title=text_or_none("title"),
             heading=text_or_none("heading"),
+            span=src.span,
             metadata=dict(m),
         )
 

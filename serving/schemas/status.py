@@ -61,6 +61,8 @@ class StatusResponse(BaseModel):
     """The Chroma collection queries run against."""
     search_mode: Mode
     """What search and RAG use when a request names no `mode` (the served `retrieval` version's)."""
+    chunking: str
+    """How the served chunks were cut (`tokens-200-32`, or `chars-1000-200` when the naive recipe is served)."""
     reranker: bool
     """Whether search and RAG rescore with a reranker by default (and /v1/rerank is served)."""
     abstain_below: float | None

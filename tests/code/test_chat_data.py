@@ -11,7 +11,7 @@ from core import paths
 from core.config import Params
 from core.specs import resolve
 from evaluation.chat_quality import token_f1
-from training.chat import IGNORE, collate, encode_example
+from training.chat import IGNORE, collate, encode_example, level_lengths
 
 
 @pytest.fixture(scope="module")
@@ -23,23 +23,43 @@ def tok():  # type: ignore[no-untyped-def]
 
 
 def test_only_answer_tokens_are_trained(tok) -> None:  # type: ignore[no-untyped-def]
-    ex = encode_example(tok, "What is x?", "x is a variable.", "x is a variable.", max_length=256)
+    ex = encode_example(tok, "What is x?", ["x is a variable."], "x is a variable. [1]", max_length=256)
     labelled = [t for t, lab in zip(ex["input_ids"], ex["labels"], strict=True) if lab != IGNORE]
-    assert tok.decode(labelled).startswith("x is a variable.")
+    assert tok.decode(labelled).startswith("x is a variable. [1]")
     assert labelled[-1] == tok.eos_token_id
 
 
 def test_long_context_is_cut_never_the_answer(tok) -> None:  # type: ignore[no-untyped-def]
     answer = "The answer is forty two."
-    ex = encode_example(tok, "What is it?", "filler words " * 500, answer, max_length=128)
+    ex = encode_example(tok, "What is it?", ["filler words " * 500, "short one"], answer, max_length=128)
     assert len(ex["input_ids"]) <= 128
     labelled = [t for t in ex["labels"] if t != IGNORE]
     assert tok.decode(labelled).startswith(answer)
+    prompt = tok.decode([t for t, lab in zip(ex["input_ids"], ex["labels"], strict=True) if lab == IGNORE])
+    assert "[2] short one" in prompt  # the longest passage is cut first
+
+
+def test_cutting_keeps_the_answers_grounds(tok) -> None:  # type: ignore[no-untyped-def]
+    grounds = "The frobnicate call\n   returns a sorted copy of the widget list."
+    passage = "filler words " * 200 + grounds + " more filler" * 200
+    answer = "The frobnicate call returns a sorted copy of the widget list. [2]"
+    ex = encode_example(tok, "What does frobnicate return?", ["other text " * 300, passage], answer, max_length=160)
+    assert len(ex["input_ids"]) <= 160
+    prompt = tok.decode([t for t, lab in zip(ex["input_ids"], ex["labels"], strict=True) if lab == IGNORE])
+    assert " ".join(grounds.split()) in " ".join(prompt.split())
+    assert tok.decode([t for t in ex["labels"] if t != IGNORE]).startswith(answer)
+
+
+def test_level_lengths_cuts_the_longest_first() -> None:
+    assert level_lengths([100, 40, 70], 50) == [60, 40, 60]
+    assert level_lengths([100, 40, 70], 0) == [100, 40, 70]
+    assert level_lengths([10, 10], 25) == [0, 0]
+    assert sum(level_lengths([9, 9, 9], 4)) == 23
 
 
 def test_collate_pads_right_and_masks(tok) -> None:  # type: ignore[no-untyped-def]
-    a = encode_example(tok, "q?", "short", "a.", max_length=64)
-    b = encode_example(tok, "a longer question?", "a longer context here", "a longer answer.", max_length=64)
+    a = encode_example(tok, "q?", ["short"], "a.", max_length=64)
+    b = encode_example(tok, "a longer question?", ["a longer context here"], "a longer answer.", max_length=64)
     batch = collate(tok, [a, b])
     assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape
     n = len(a["input_ids"])

@@ -44,7 +44,18 @@ def test_chunks_respect_budget_overlap_and_sections(tokenizer) -> None:
     text = f"# guide\n\n## Install\n\n{long_para}\n\n## Usage\n\n{usage}\n\n## Tiny\n\nok\n"
     cp = ChunkParams(chunk_tokens=64, overlap_tokens=16, min_chunk_tokens=4)
     df = chunk_documents(_docs(("guide.md", text)), tokenizer, cp)
-    assert df.columns == ["chunk_id", "doc_id", "source", "title", "heading", "position", "text", "n_tokens"]
+    assert df.columns == [
+        "chunk_id",
+        "doc_id",
+        "source",
+        "title",
+        "heading",
+        "position",
+        "text",
+        "n_tokens",
+        "start",
+        "end",
+    ]
     assert df["position"].to_list() == list(range(df.height))
     assert df["chunk_id"].to_list() == [f"{doc_id_of(text)}-{i:05d}" for i in range(df.height)]
     assert df["n_tokens"].max() <= 64 and df["n_tokens"].min() >= 4
@@ -70,3 +81,29 @@ def test_unbreakable_word_is_cut_and_empty_docs_give_nothing(tokenizer) -> None:
 def test_plain_text_without_headings(tokenizer) -> None:
     df = chunk_documents(_docs(("a.txt", "just a line of plain text with several words")), tokenizer, ChunkParams())
     assert df["heading"].to_list() == [""] and df.height == 1
+
+
+def test_every_chunk_records_its_span_in_the_document(tokenizer) -> None:
+    body = "\n\n".join(f"Paragraph {i} says something about topic {i} in plain words." for i in range(40))
+    text = f"# guide\n\nintro line\n\n## Usage\n\n{body}\n\n## Notes\n\n  indented note.\n"
+    docs = _docs(("guide.md", text))
+    for cp in (
+        ChunkParams(chunk_tokens=32, overlap_tokens=8),
+        ChunkParams(method="chars", chunk_chars=300, overlap_chars=50),
+    ):
+        chunks = chunk_documents(docs, tokenizer, cp)
+        assert chunks.height > 3
+        for r in chunks.iter_rows(named=True):
+            assert text[r["start"] : r["end"]] == r["text"], (cp.name, r["chunk_id"])
+        assert chunks["position"].to_list() == list(range(chunks.height))
+
+
+def test_chars_method_is_the_naive_recipe(tokenizer) -> None:
+    text = "".join(chr(ord("a") + i % 26) + (" " if i % 7 == 0 else "") for i in range(2000))
+    chunks = chunk_documents(
+        _docs(("a.txt", text)), tokenizer, ChunkParams(method="chars", chunk_chars=1000, overlap_chars=200)
+    )
+    assert [(r["start"], r["end"]) for r in chunks.iter_rows(named=True)] == [
+        (a, min(a + 1000, len(text))) for a in range(0, len(text) - 200, 800)
+    ]
+    assert set(chunks["heading"]) == {""}

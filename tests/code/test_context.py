@@ -38,3 +38,12 @@ def test_the_budget_stops_adding_sources_and_cuts_a_lone_first_one() -> None:
     (only,) = assemble([_p("big", "word " * 100, 1.0)], _words, budget_tokens=10)
     assert _words(only.text) <= 10 and only.number == 1
     assert assemble([], _words, 10) == []
+
+
+def test_a_merged_source_spans_its_chunks_and_spanless_hits_have_none() -> None:
+    a = Passage("c1", "first part", 0.5, {"doc_id": "d", "position": 1, "start": 100, "end": 400})
+    b = Passage("c2", "second part", 0.9, {"doc_id": "d", "position": 2, "start": 350, "end": 700})
+    old = Passage("x", "indexed before spans", 0.7, {"doc_id": "e", "position": 0})
+    merged, spanless = assemble([a, b, old], _words, budget_tokens=100)
+    assert merged.chunk_ids == ["c1", "c2"] and merged.span == (100, 700)
+    assert spanless.span is None

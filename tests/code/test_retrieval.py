@@ -6,14 +6,15 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import polars as pl
 import pytest
 
 from core.fusion import reciprocal_rank_fusion
 from core.lexical import LexicalIndex
 from core.registry import Registry
 from core.retrieval_params import RetrievalParams
-from core.retrieval_unit import ARTIFACT, LexicalSearchModel, RetrievalConfig, read_unit, write_unit
-from evaluation.register_retrieval import choose_mode, reranker_decision, versus_naive
+from core.retrieval_unit import ARTIFACT, LexicalSearchModel, RetrievalConfig, read_unit, unit_chunks, write_unit
+from evaluation.register_retrieval import Candidate, choose_candidate, choose_mode, reranker_decision, versus_naive
 from evaluation.retrieval import (
     document_metrics,
     hybrid_rankings,
@@ -127,6 +128,23 @@ def test_choose_mode_takes_the_best_and_the_first_listed_on_a_tie() -> None:
     assert mode == "lexical" and reasons[1] == "dense: mrr@10 0.8000 (-0.1000)"
 
 
+def test_the_best_candidate_is_served_only_when_it_beats_the_naive_recipe() -> None:
+    tuned = Candidate("champion", "hybrid", {"mrr@10": 0.84})
+    base = Candidate("base", "hybrid", {"mrr@10": 0.86})
+    naive = {"mrr@10": 0.79}
+    chosen, reasons = choose_candidate([tuned, base], naive, "mrr@10", 0.0, "8")
+    assert chosen == base and reasons[0] == "hybrid search with embedder v8: mrr@10 0.8400"
+    assert reasons[-1].startswith("hybrid search with the base embedder beats the naive recipe's 0.7900 by +0.0700")
+    tie = Candidate("base", "dense", {"mrr@10": 0.84})
+    assert choose_candidate([tuned, tie], naive, "mrr@10", 0.0, "8")[0] == tuned  # a tie: the first
+    # nothing beats it by more than the gate asks (a tie does not beat it): the naive recipe is served
+    for min_gain, best in ((0.1, 0.84), (0.0, 0.79)):
+        only = [Candidate("champion", "dense", {"mrr@10": best})]
+        chosen, reasons = choose_candidate(only, naive, "mrr@10", min_gain, "8")
+        assert chosen == Candidate("naive", "dense", naive)
+        assert reasons[-1].endswith("-> the naive recipe is served")
+
+
 def test_versus_naive_reports_gains_per_metric() -> None:
     out = versus_naive("mrr@10", {"mrr@10": 0.84, "recall@10": 0.95}, {"mrr@10": 0.79, "recall@10": 0.96}, "hybrid")
     assert out["gains"] == {"mrr@10": 0.05, "recall@10": -0.01}
@@ -153,9 +171,10 @@ def _config() -> RetrievalConfig:
 def test_unit_logged_registered_downloaded_and_loaded_as_pyfunc(tmp_path: Path, registry: Registry) -> None:
     """Through a real (temporary sqlite) MLflow registry: what the server downloads reads back whole, and
     `mlflow.pyfunc.load_model` answers queries with the lexical half."""
-    lexical_dir = tmp_path / "lexical"
+    lexical_dir, chunks_file = tmp_path / "lexical", tmp_path / "chunks.parquet"
     _index().save(lexical_dir)
-    write_unit(tmp_path / "unit", _config(), lexical_dir)
+    pl.DataFrame({"chunk_id": list(TEXTS), "text": list(TEXTS.values())}).write_parquet(chunks_file)
+    write_unit(tmp_path / "unit", _config(), lexical_dir, chunks_file)
     with mlflow.start_run():
         info = mlflow.pyfunc.log_model(
             name="retrieval", python_model=LexicalSearchModel(), artifacts={ARTIFACT: str(tmp_path / "unit")}
@@ -164,6 +183,7 @@ def test_unit_logged_registered_downloaded_and_loaded_as_pyfunc(tmp_path: Path, 
     folder = registry.download("retrieval", version, tmp_path / "dl")
     config, lexical = read_unit(folder)
     assert config == _config() and lexical.ids == list(TEXTS)
+    assert unit_chunks(folder).read_bytes() == chunks_file.read_bytes()  # the index stage builds from these
     model = mlflow.pyfunc.load_model(f"models:/retrieval/{version}")
     out = model.predict(["zip archives"], params={"top_k": 2})
     assert out[0]["query"] == "zip archives" and out[0]["chunk_ids"] == ["d"]

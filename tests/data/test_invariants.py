@@ -1,4 +1,4 @@
-"""Corpus and dataset invariants on a small end-to-end run: ingest -> chunk -> datasets.
+"""Corpus and dataset invariants on a small end-to-end run: ingest -> chunk -> questions -> datasets.
 
 No leakage between train and held-out documents, no empty chunk, unique chunk ids, every relevant
 id in the eval corpus, and the whole chain deterministic.
@@ -15,6 +15,7 @@ from core.config import Params
 from data.chunk import chunk_documents
 from data.datasets import build_datasets
 from data.ingest import ingest
+from data.questions import build_questions, split
 
 PARAMS = Params.model_validate(
     {"data": {"chunk": {"chunk_tokens": 48, "overlap_tokens": 8, "min_chunk_tokens": 4},
@@ -45,7 +46,11 @@ def tokenizer():
 def _run(root: Path, tokenizer) -> tuple[pl.DataFrame, dict[str, pl.DataFrame]]:
     docs, _ = ingest(root, PARAMS.data.ingest)
     chunks = chunk_documents(docs, tokenizer, PARAMS.data.chunk)
-    return chunks, build_datasets(chunks, PARAMS)
+    # the synthetic sentences hold numbers ("Module 3 part 1 ..."): allow them as plain enough
+    cfg = PARAMS.data.questions.model_copy(update={"min_plain_fraction": 0.5})
+    train, held = split(docs, chunks, PARAMS)
+    questions = build_questions(train, cfg, PARAMS.seed), build_questions(held, cfg, PARAMS.seed)
+    return chunks, build_datasets(chunks, PARAMS, *questions)
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +74,8 @@ def test_no_leakage(pipeline) -> None:
     held = set(f["embed_eval_corpus"]["chunk_id"].str.slice(0, 16)) | set(f["chat_eval"]["doc_id"])
     train = set(f["embed_train"]["doc_id"]) | set(f["chat_train"]["doc_id"])
     assert held and train and not held & train
-    train_texts = set(f["embed_train"]["positive"]) | set(f["chat_train"]["context"])
+    assert f["chat_train"].height and f["chat_eval"].height
+    train_texts = set(f["embed_train"]["positive"]) | set(f["chat_train"]["contexts"].explode())
     assert not train_texts & set(f["embed_eval_corpus"]["text"])
 
 

@@ -91,6 +91,20 @@ def test_held_out_questions_are_plain_language_about_held_out_documents(pipeline
         assert r["sentence"] not in " ".join(text[r["doc_id"]].split())
 
 
+def test_rag_evaluation_answers_every_sampled_question(pipeline: Path) -> None:
+    """Stage evaluate_rag: every configuration scored on the same questions, each answer in the report."""
+    metrics = json.loads((pipeline / "artifacts/metrics/rag.json").read_text())
+    report = json.loads((pipeline / "artifacts/reports/rag_answers.json").read_text())
+    tiny = yaml.safe_load((pipeline / "params.yaml").read_text())["evaluate"]["rag_questions"]
+    assert set(metrics) == {"naive", "base", "finetuned"}
+    for m in metrics.values():
+        assert m["questions"] == len(report) and 0 < len(report) <= tiny
+        assert 0 <= m["answer_f1"] <= 1 and 0 <= m["citation_precision"] <= 1 and 0 <= m["abstention_rate"] <= 1
+    assert metrics["naive"]["abstention_rate"] == 0  # the naive recipe never abstains
+    for row in report:
+        assert row["reference"] and all(not row[c]["abstained"] or row[c]["answer"] == "" for c in metrics)
+
+
 def test_second_repro_runs_nothing(pipeline: Path) -> None:
     status = run(["dvc", "status", "--json"], pipeline).stdout
     assert json.loads(status) == {}, status
@@ -131,7 +145,8 @@ def test_retrieval_unit_is_the_best_measured_mode_and_in_the_registry(pipeline: 
         "from core.retrieval_unit import read_unit\nreg = Registry()\nv = reg.resolve('retrieval', 'champion')\n"
         "config, lexical = read_unit(reg.download('retrieval', v, Path(tempfile.mkdtemp()) / 'r'))\n"
         "print(json.dumps({'version': v, 'mode': config.mode, 'embedder': config.embedder_version, 'n': len(lexical),"
-        " 'reranker': config.reranker_version, 'abstain': [config.abstain_score, config.abstain_threshold]}))"
+        " 'reranker': config.reranker_version, 'abstain': [config.abstain_score, config.abstain_threshold],"
+        " 'chunking': config.chunking}))"
     )
     seen = json.loads(run([sys.executable, "-c", script], pipeline).stdout.strip().splitlines()[-1])
     chunks = json.loads((pipeline / "artifacts/index/lexical/manifest.json").read_text())["chunks"]
@@ -142,7 +157,28 @@ def test_retrieval_unit_is_the_best_measured_mode_and_in_the_registry(pipeline: 
         "n": chunks,
         "reranker": r["reranker"]["version"],
         "abstain": ["reranker", pytest.approx(measured["threshold"])],
+        "chunking": json.loads((pipeline / "artifacts/metrics/chunking.json").read_text())["chunk"],
     }
+
+
+def test_chunking_is_chosen_by_measurement_and_used_by_every_later_stage(pipeline: Path) -> None:
+    """select_chunking scored every grid candidate (the naive windows among them) in every mode on held-in questions;
+    the best by the gate metric in hybrid mode was chunked, indexed and registered, with spans into the documents."""
+    import polars as pl
+
+    report = json.loads((pipeline / "artifacts/metrics/chunking.json").read_text())
+    params = yaml.safe_load((pipeline / "params.yaml").read_text())["data"]
+    assert sorted(report["candidates"]) == ["chars-1000-200", "tokens-128-16"]  # the tiny grid
+    assert params["chunking"]["grid"][1]["method"] == "chars"
+    for c in report["candidates"].values():
+        assert set(c) == {"dense", "lexical", "hybrid", "chunks", "params"} and c["chunks"] > 0
+    best = max(c["hybrid"]["recall@10"] for c in report["candidates"].values())
+    assert report["candidates"][report["chosen"]]["hybrid"]["recall@10"] == best
+    assert report["reasons"][0].startswith(f"{report['chosen']}: hybrid recall@10") and report["questions"] > 0
+    chunks = pl.read_parquet(pipeline / "artifacts/data/chunks.parquet")
+    docs = dict(pl.read_parquet(pipeline / "artifacts/data/documents.parquet").select("doc_id", "text").iter_rows())
+    assert (chunks["heading"] == "").all() == (report["chunk"]["method"] == "chars")
+    assert all(docs[r["doc_id"]][r["start"] : r["end"]] == r["text"] for r in chunks.iter_rows(named=True))
 
 
 def _strict_copy(pipeline: Path, dest: Path) -> Path:
@@ -155,8 +191,9 @@ def _strict_copy(pipeline: Path, dest: Path) -> Path:
     """
     repo = copy_project(dest)
     tiny = yaml.safe_load((repo / "profiles" / "tiny.yaml").read_text())
-    # recall@10 cannot rise by more than 1.0, nor a loss fall by more than 100: both candidates must fail.
-    tiny["gate"] |= {"embedder_min_gain": 1.0, "chat_min_gain": 100.0}
+    # recall@10 cannot rise by more than 1.0, nor a loss fall by more than 100: both candidates must fail, and
+    # no search configuration can beat the naive recipe by more than 1.0: the naive recipe is served.
+    tiny["gate"] |= {"embedder_min_gain": 1.0, "chat_min_gain": 100.0, "retrieval_min_gain": 1.0}
     (repo / "params.yaml").write_text(yaml.safe_dump(tiny))
     for part in ("base", "models", "datasets", "data", "metrics", "index"):
         (repo / "artifacts").mkdir(exist_ok=True)
@@ -221,11 +258,39 @@ def test_strict_gate_refuses_and_leaves_the_champion(pipeline: Path, strict_regi
         assert int(r["version"]) == int(first[name]["version"]) + 1  # registered, as a rejected version
         assert r["previous_champion_version"] == r["champion_version"] == first[name]["version"]
         assert r["base_version"] is None  # a champion exists: it keeps serving
-    # the retrieval unit stays on the kept champion embedder, re-scored here: the same numbers as evaluate's
+    # the kept champion embedder was re-scored here (the same numbers as evaluate's), and so was the base model, but
+    # neither beat the naive recipe by the 1.0 this gate asks: the naive recipe is the retrieval unit now
     kept = report["retrieval"]
-    assert kept["embedder_version"] == first["embedder"]["version"] and kept["reranker"]["promote"] is False
+    assert kept["reranker"]["promote"] is False
     for mode, row in (("dense", metrics["embedder"]["finetuned"]), ("hybrid", metrics["hybrid"]["finetuned"])):
         assert kept["scores"][mode] == pytest.approx(row, abs=2e-3), mode
+    assert (kept["served"], kept["mode"], kept["chunking"]) == ("naive", "dense", "chars-1000-200")
+    assert kept["reasons"][-2].endswith("-> the naive recipe is served")
+    assert int(kept["embedder_version"]) == int(report["embedder"]["version"]) + 1  # the base model, registered
+    unit = textwrap.dedent(
+        """
+        import json, tempfile
+        from pathlib import Path
+        import polars as pl
+        from mlflow import MlflowClient
+        from core.registry import Registry
+        from core.retrieval_unit import read_unit, unit_chunks
+        from core.tracking import setup_mlflow
+
+        reg = Registry()
+        folder = reg.download("retrieval", reg.resolve("retrieval", "champion"), Path(tempfile.mkdtemp()) / "r")
+        config, lexical = read_unit(folder)
+        chunks = pl.read_parquet(unit_chunks(folder))
+        setup_mlflow()
+        variant = MlflowClient().get_model_version("embedder", config.embedder_version).tags.get("variant")
+        same = lexical.ids == chunks["chunk_id"].to_list()
+        longest = chunks["text"].str.len_chars().max()
+        print(json.dumps({"chunking": config.chunking["method"], "mode": config.mode, "variant": variant,
+                          "same": same, "longest": longest}))
+        """
+    )
+    seen = json.loads(run([sys.executable, "-c", unit], strict_register).stdout.strip().splitlines()[-1])
+    assert seen == {"chunking": "chars", "mode": "dense", "variant": "base", "same": True, "longest": 1000}
     # and the registry itself says so, read in a fresh process through core.registry
     script = textwrap.dedent(
         """

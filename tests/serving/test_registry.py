@@ -78,7 +78,8 @@ def test_retrieval_unit_must_match_the_served_embedder_and_the_index(tmp_path: P
         scores={},
         reasons=[],
     )
-    write_unit(tmp_path / "unit", config, tmp_path / "lex")
+    (tmp_path / "chunks.parquet").write_bytes(b"chunks")
+    write_unit(tmp_path / "unit", config, tmp_path / "lex", tmp_path / "chunks.parquet")
     retrieval = ServedModel("retrieval", "champion", "7", tmp_path / "unit", False)
     embedder = ServedModel("embedder", "champion", "2", tmp_path, False)
     index = ActiveIndex("chunks-v2-abc", "embedder", "2", "abc", 1)

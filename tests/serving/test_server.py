@@ -142,6 +142,9 @@ def _cited_sources_are_given(answer: str, sources: list[dict], citations: list[i
     """Sources are numbered 1..n, two hits merged when neighbours; every citation left in the answer is of one."""
     assert [s["number"] for s in sources] == list(range(1, len(sources) + 1))
     assert sum(len(s["chunk_ids"]) for s in sources) == 2  # top_k=2 hits, merged or not
+    for s in sources:  # where the source lies in its document: one chunk's text is exactly its span
+        start, end = s["span"]
+        assert 0 <= start < end and (len(s["chunk_ids"]) > 1 or len(s["text"]) <= end - start)
     numbers = {int(n) for group in re.findall(r"\[(\d{1,3}(?:\s*,\s*\d{1,3})*)\]", answer) for n in group.split(",")}
     assert numbers <= {s["number"] for s in sources} and set(citations) == numbers
 
@@ -188,8 +191,9 @@ def test_search(http: httpx.Client) -> None:
 def test_search_mode_default_is_the_registered_choice(http: httpx.Client, server: Server) -> None:
     report = json.loads((server.project / "artifacts/reports/register.json").read_text())["retrieval"]
     status = http.get("/v1/status").json()
-    assert status["search_mode"] == report["mode"]
+    assert status["search_mode"] == report["mode"] and status["chunking"] == report["chunking"]
     assert status["models"]["retrieval"]["version"] == report["version"]
+    assert status["models"]["embedder"]["version"] == report["embedder_version"]  # the one the unit names
     assert status["reranker"] is report["reranker"]["promote"] is True  # the tiny gate lets it through
     assert status["models"]["reranker"]["version"] == report["reranker"]["version"]
     default = http.post("/v1/search", json={"query": Q, "top_k": 3}).json()
