@@ -2,7 +2,9 @@
 
 Three kinds of candidate, each scored on the held-out questions (gate metric):
 1. the champion embedder (whichever the embedder gate left) in the best of `retrieval.modes` (ties: the mode
-   listed first), or hybrid + the fine-tuned reranker when reranking passes its gate (`register_reranker`);
+   listed first), and the fine-tuned candidate in its best mode when the gate kept an older champion (the gate
+   judges dense search; with fusion the candidate can still be the better one); the fine-tuned embedder with
+   the fine-tuned reranker (hybrid) instead, when reranking passes its gate (`register_reranker`);
 2. the base embedder in its best mode (when the champion is not the base model): the embedder gate judges
    dense search alone, and fusion can favour the model that lost it (MLflow's docs: hybrid with the base
    embedder scored 0.7788 MRR@10 against 0.7604 with the fine-tuned one);
@@ -92,7 +94,7 @@ class Candidate:
     """One way to serve search, with its held-out scores: over the champion embedder, the base embedder, or the
     naive recipe (base embedder, fixed character windows of every document, dense)."""
 
-    embedder: Literal["champion", "base", "naive"]
+    embedder: Literal["champion", "candidate", "base", "naive"]
     mode: Mode
     scores: dict[str, float]
     reranked: bool = False
@@ -100,7 +102,9 @@ class Candidate:
     def label(self, champion: str) -> str:
         if self.embedder == "naive":
             return "the naive recipe (base embedder, fixed character windows, dense)"
-        who = f"embedder v{champion}" if self.embedder == "champion" else "the base embedder"
+        who = {"champion": f"embedder v{champion}", "candidate": "the fine-tuned candidate embedder"}.get(
+            self.embedder, "the base embedder"
+        )
         return f"{self.mode} search with {who}" + (" + reranker" if self.reranked else "")
 
 
@@ -184,13 +188,24 @@ def register_retrieval(
     metric = p.gate.embedder_metric
     scores = mode_scores(p, metrics, embedder)
     mode, reasons = choose_mode(scores, metric, p.retrieval.modes)
-    reranker = register_reranker(p, registry, metrics, embedder, scores[mode], mode, tags)
+    # evaluate's fine-tuned rows (and its reranking of their hybrid list) are the candidate embedder's
+    tuned = {"dense": metrics["embedder"]["finetuned"], "lexical": metrics["lexical"]}
+    tuned["hybrid"] = metrics["hybrid"]["finetuned"]
+    tuned_mode, _ = choose_mode(tuned, metric, p.retrieval.modes)
+    reranker = register_reranker(p, registry, metrics, tuned[tuned_mode], tuned_mode, tags)
     reasons.append(reranker["reason"])
-    candidates = [
-        Candidate("champion", "hybrid", metrics["reranked"], reranked=True)
-        if reranker["promote"]
-        else Candidate("champion", mode, scores[mode])
-    ]
+
+    def fine_tuned(kind: Literal["champion", "candidate"]) -> Candidate:
+        if reranker["promote"]:
+            return Candidate(kind, "hybrid", metrics["reranked"], reranked=True)
+        return Candidate(kind, tuned_mode, tuned[tuned_mode])
+
+    # The embedder gate judges dense search against the champion; an older champion it kept can still lose to the
+    # candidate once fusion is in: both are measured here.
+    if champion == embedder["version"]:
+        candidates = [fine_tuned("champion")]
+    else:
+        candidates = [Candidate("champion", mode, scores[mode]), fine_tuned("candidate")]
     if champion != embedder["base_version"]:  # evaluate's base rows: the same questions and chunks, the base model
         base = {"dense": metrics["embedder"]["base"], "lexical": metrics["lexical"]}
         base["hybrid"] = metrics["hybrid"]["base"]
@@ -203,14 +218,16 @@ def register_retrieval(
         metrics.get("abstention", {}),
         chosen.mode,
         chosen.reranked,
-        measured=chosen.embedder == "champion" and champion == embedder["version"],
+        measured=chosen.embedder == "candidate" or (chosen.embedder == "champion" and champion == embedder["version"]),
     )
     reasons.append(abstain_reason)
     with tempfile.TemporaryDirectory() as tmp:
         if chosen.embedder == "naive":
             served = Served(register_base(), *naive_unit_inputs(p, Path(tmp) / "naive"))
         else:
-            emb_version = champion if chosen.embedder == "champion" else register_base()
+            emb_version = {"champion": champion, "candidate": embedder["version"]}.get(
+                chosen.embedder
+            ) or register_base()
             served = Served(emb_version, chosen_chunking(p), paths.CHUNKS, paths.LEXICAL_INDEX)
         config = RetrievalConfig.of(
             p.retrieval,
@@ -302,16 +319,8 @@ def abstention(
     )
 
 
-def reranker_decision(
-    metric: str, reranked: float | None, best: float, best_mode: str, min_gain: float
-) -> tuple[bool, str]:
-    """Whether reranking passes the gate: it must beat the best mode without it by more than `min_gain`.
-
-    Args:
-        reranked: the hybrid + reranker score with the champion embedder, None when not measured with it.
-    """
-    if reranked is None:
-        return False, "reranker: not measured with the champion embedder (only with the candidate) -> not used"
+def reranker_decision(metric: str, reranked: float, best: float, best_mode: str, min_gain: float) -> tuple[bool, str]:
+    """Whether reranking passes the gate: it must beat the best mode without it by more than `min_gain`."""
     gain = reranked - best
     ok = gain > min_gain
     return ok, (
@@ -324,17 +333,16 @@ def register_reranker(
     p: Params,
     registry: Registry,
     metrics: dict[str, Any],
-    embedder: dict[str, Any],
     best: dict[str, float],
     best_mode: str,
     tags: dict[str, str],
 ) -> dict[str, Any]:
     """Log the fine-tuned cross-encoder into its training run, register it, and promote it when reranking the
-    hybrid candidates beats the best mode without reranking (`gate.reranker_min_gain`)."""
+    fine-tuned candidate embedder's hybrid list (what evaluate measured) beats that embedder's best mode without
+    reranking (`gate.reranker_min_gain`)."""
     metric = p.gate.embedder_metric
-    measured = embedder["champion_version"] == embedder["version"]  # evaluate reranked the candidate's hybrid list
     promote, reason = reranker_decision(
-        metric, metrics["reranked"][metric] if measured else None, best[metric], best_mode, p.gate.reranker_min_gain
+        metric, metrics["reranked"][metric], best[metric], best_mode, p.gate.reranker_min_gain
     )
     run_id = json.loads(paths.TRAIN_RERANKER_METRICS.read_text())["run_id"]
     with resume_run(run_id):
