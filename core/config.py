@@ -166,7 +166,7 @@ class TrainEmbedderParams(Section):
 
 
 class TrainChatParams(Section):
-    max_steps: int = Field(default=12, ge=1)
+    max_steps: int = Field(default=40, ge=1)
     batch_size: int = Field(default=8, ge=1)
     grad_accum: int = Field(default=1, ge=1)
     learning_rate: float = Field(default=3e-4, gt=0)

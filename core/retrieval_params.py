@@ -50,7 +50,7 @@ class TrainRerankerParams(Section):
     """Hard negatives per question: chunks of other documents that BM25 ranks high for it."""
     mine_depth: int = Field(default=10, ge=1)
     """Negatives are drawn from this many top BM25 chunks of other documents."""
-    max_steps: int = Field(default=150, ge=1)
+    max_steps: int = Field(default=60, ge=1)
     batch_size: int = Field(default=16, ge=1)
     learning_rate: float = Field(default=5e-5, gt=0)
     warmup_ratio: float = Field(default=0.1, ge=0, lt=1)

@@ -61,7 +61,8 @@ class RetrievalConfig(BaseModel):
     """Which score the threshold is on: the reranker's relevance, or dense search's cosine similarity."""
     metric: str
     scores: dict[str, dict[str, float]]
-    """Held-out question scores per mode (and `naive`), as measured when this version was chosen."""
+    """Held-out question scores: the champion embedder's per mode, `served` (what this version serves), `reranked` and
+    `naive`, as measured when this version was chosen."""
     reasons: list[str]
 
     @classmethod

@@ -237,7 +237,7 @@ def register_retrieval(
             chunking=served.chunking.model_dump(),
             mode=chosen.mode,
             metric=metric,
-            scores={**scores, "reranked": metrics["reranked"], "naive": metrics["naive"]},
+            scores={**scores, "served": chosen.scores, "reranked": metrics["reranked"], "naive": metrics["naive"]},
             reasons=[*reasons, naive["summary"]],
             reranker_name=p.models.reranker_name if chosen.reranked else None,
             reranker_version=reranker["version"] if chosen.reranked else None,
@@ -277,6 +277,7 @@ def register_retrieval(
         "reranker": reranker,
         "metric": metric,
         "scores": scores,
+        "served_scores": chosen.scores,
         "reasons": reasons,
         "versus_naive": naive,
     }

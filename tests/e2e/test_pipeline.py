@@ -241,11 +241,11 @@ def test_a_refused_candidate_with_no_champion_leaves_the_base_model_serving(
     )
     seen = json.loads(run([sys.executable, "-c", script], repo).stdout.strip().splitlines()[-1])
     assert seen == {"embedder": "base", "chat": "base"}
-    # the retrieval unit is built on the base embedder that now serves, with the base rows' scores; the reranker
-    # was measured over the candidate's ranking only, so it is not used
+    # the retrieval unit is built on the base embedder that now serves: this gate serves the naive recipe (nothing
+    # beats it by 1.0), whose embedder is the base model the gate just promoted, and which reranks nothing
     assert report["retrieval"]["embedder_version"] == report["embedder"]["base_version"]
     assert report["retrieval"]["scores"]["hybrid"] == _evaluate_json(pipeline)["hybrid"]["base"]
-    assert report["retrieval"]["reranker"]["promote"] is False
+    assert (report["retrieval"]["served"], report["retrieval"]["mode"]) == ("naive", "dense")
 
 
 def test_strict_gate_refuses_and_leaves_the_champion(pipeline: Path, strict_register: Path) -> None:
@@ -261,7 +261,6 @@ def test_strict_gate_refuses_and_leaves_the_champion(pipeline: Path, strict_regi
     # the kept champion embedder was re-scored here (the same numbers as evaluate's), and so was the base model, but
     # neither beat the naive recipe by the 1.0 this gate asks: the naive recipe is the retrieval unit now
     kept = report["retrieval"]
-    assert kept["reranker"]["promote"] is False
     for mode, row in (("dense", metrics["embedder"]["finetuned"]), ("hybrid", metrics["hybrid"]["finetuned"])):
         assert kept["scores"][mode] == pytest.approx(row, abs=2e-3), mode
     assert (kept["served"], kept["mode"], kept["chunking"]) == ("naive", "dense", "chars-1000-200")
@@ -286,11 +285,18 @@ def test_strict_gate_refuses_and_leaves_the_champion(pipeline: Path, strict_regi
         same = lexical.ids == chunks["chunk_id"].to_list()
         longest = chunks["text"].str.len_chars().max()
         print(json.dumps({"chunking": config.chunking["method"], "mode": config.mode, "variant": variant,
-                          "same": same, "longest": longest}))
+                          "same": same, "longest": longest, "reranker": config.reranker_version}))
         """
     )
     seen = json.loads(run([sys.executable, "-c", unit], strict_register).stdout.strip().splitlines()[-1])
-    assert seen == {"chunking": "chars", "mode": "dense", "variant": "base", "same": True, "longest": 1000}
+    assert seen == {
+        "chunking": "chars",
+        "mode": "dense",
+        "variant": "base",
+        "same": True,
+        "longest": 1000,
+        "reranker": None,
+    }
     # and the registry itself says so, read in a fresh process through core.registry
     script = textwrap.dedent(
         """
