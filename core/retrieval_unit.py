@@ -20,13 +20,18 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+import polars as pl
 from mlflow.pyfunc import PythonModel
 from pydantic import BaseModel, ConfigDict
 
+from core.errors import AliasNotFound
 from core.lexical import LexicalIndex
 from core.retrieval_params import Mode, RetrievalParams
+
+if TYPE_CHECKING:
+    from core.registry import Registry
 
 CONFIG_FILE = "retrieval.json"
 CHUNKS_FILE = "chunks.parquet"
@@ -80,6 +85,16 @@ class RetrievalConfig(BaseModel):
     def weights(self) -> tuple[float, float]:
         return (self.dense_weight, self.lexical_weight)
 
+    def abstains(self, best: float | None, kind: Literal["dense", "reranker"] | None, min_score: float | None) -> bool:
+        """Whether RAG should decline to answer from these hits: their best score is below `min_score`, or, with no
+        `min_score`, below the registered threshold when that was measured on this `kind` of score (the
+        reranker's relevance, or dense cosine; None: lexical only, which has no fixed scale). Never without a
+        threshold that applies. The server (serving/engines/retriever.py) and the RAG evaluation both judge by it."""
+        threshold = min_score
+        if threshold is None and kind is not None and kind == self.abstain_score:
+            threshold = self.abstain_threshold
+        return threshold is not None and (best is None or best < threshold)
+
     @property
     def chunking_name(self) -> str:
         """`tokens-200-32`, or `chars-1000-200` when the naive recipe is served (core.config.ChunkParams.name)."""
@@ -107,6 +122,44 @@ def unit_chunks(folder: Path) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: the retrieval version predates units carrying their chunks")
     return path
+
+
+class UnitUnavailable(RuntimeError):
+    """The retrieval champion is missing, unreadable, or carries chunks other than the ones it names."""
+
+
+def champion_unit(
+    name: str, alias: str, dest: Path, registry: Registry | None = None
+) -> tuple[str, RetrievalConfig, pl.DataFrame]:
+    """The served retrieval unit (`name@alias`): its version, config and chunks, downloaded into `dest`.
+
+    Args:
+        registry: where to look; None: the configured one (`core.config.tracking_uri`).
+
+    Raises:
+        UnitUnavailable: there is no such alias yet, or the version cannot be read or carries other chunks.
+        RegistryUnreachable: the registry cannot be reached.
+    """
+    from core.registry import Registry
+    from core.tracking import file_md5
+
+    registry = registry or Registry()
+    try:
+        version = registry.resolve(name, alias)
+    except AliasNotFound as e:
+        raise UnitUnavailable(
+            f"no `{name}@{alias}` in the registry: the register stage has not run yet "
+            "(see artifacts/reports/register.json)"
+        ) from e
+    folder = registry.download(name, version, dest)
+    try:
+        config, _ = read_unit(folder)
+        chunks = unit_chunks(folder)
+    except (OSError, ValueError) as e:
+        raise UnitUnavailable(f"cannot read {name} version {version}: {e}; rerun `dvc repro register`") from e
+    if file_md5(chunks) != config.chunks_md5:
+        raise UnitUnavailable(f"{name} version {version} carries chunks other than the ones it names (md5 mismatch)")
+    return version, config, pl.read_parquet(chunks)
 
 
 def find_unit(model_dir: Path) -> Path:

@@ -15,18 +15,15 @@ import tempfile
 import time
 from pathlib import Path
 
-import polars as pl
 from tqdm import tqdm
 
 from core import paths
 from core.config import Params, params
-from core.errors import AliasNotFound, RegistryError
+from core.errors import RegistryError
 from core.io import write_json
 from core.loading import load_embedder
 from core.log import get_logger
-from core.registry import Registry
-from core.retrieval_unit import RetrievalConfig, read_unit, unit_chunks
-from core.tracking import file_md5
+from core.retrieval_unit import UnitUnavailable, champion_unit
 from core.vectorstore import ActiveIndex, chroma_client, collection_name, prune, read_active, switch_active
 
 log = get_logger(__name__)
@@ -36,37 +33,13 @@ class IndexBuildError(RuntimeError):
     pass
 
 
-def served_unit(p: Params, dest: Path) -> tuple[str, RetrievalConfig, pl.DataFrame]:
-    """The retrieval champion's version, config and chunks, downloaded into `dest`.
-
-    Raises:
-        IndexBuildError: there is no retrieval champion yet, or its chunks are not the ones it names.
-        RegistryUnreachable: the registry cannot be reached.
-    """
-    registry, name = Registry(), p.models.retrieval_name
-    try:
-        version = registry.resolve(name, p.models.champion_alias)
-    except AliasNotFound as e:
-        raise IndexBuildError(
-            f"no `{name}@{p.models.champion_alias}` in the registry: the register stage has not run yet "
-            f"(see {paths.REGISTER_REPORT.relative_to(paths.PROJECT_ROOT)})"
-        ) from e
-    folder = registry.download(name, version, dest)
-    try:
-        config, _ = read_unit(folder)
-        chunks = unit_chunks(folder)
-    except (OSError, ValueError) as e:
-        raise IndexBuildError(f"cannot read {name} version {version}: {e}; rerun `dvc repro register`") from e
-    if file_md5(chunks) != config.chunks_md5:
-        raise IndexBuildError(f"{name} version {version} carries chunks other than the ones it names (md5 mismatch)")
-    return version, config, pl.read_parquet(chunks)
-
-
 def build_index(p: Params) -> ActiveIndex:
     """Build (or reuse, when identical) the collection for the retrieval champion's chunks and embedder version."""
     cfg = p.index
     with tempfile.TemporaryDirectory() as tmp:
-        unit_version, unit, chunks = served_unit(p, Path(tmp) / "retrieval")
+        unit_version, unit, chunks = champion_unit(
+            p.models.retrieval_name, p.models.champion_alias, Path(tmp) / "retrieval"
+        )
     version, md5 = unit.embedder_version, unit.chunks_md5
     log.info(
         "retrieval version %s: embedder version %s, %d chunks (%s)",
@@ -130,7 +103,7 @@ def build_index(p: Params) -> ActiveIndex:
 def main() -> None:
     try:
         active = build_index(params())
-    except (IndexBuildError, RegistryError) as e:
+    except (IndexBuildError, UnitUnavailable, RegistryError) as e:
         sys.exit(f"index: {e}")
     write_json(active.to_metadata(), paths.INDEX_MANIFEST)
 

@@ -1,13 +1,14 @@
 """Stage `evaluate_rag`: held-out questions answered end to end, as the RAG endpoint answers them.
 
-Three configurations, each over the same questions (a seeded sample of `eval_questions.parquet`,
+Runs after `register`, so what it measures is what is served: the `retrieval@champion` unit (the embedder version,
+chunks, mode, fusion settings, reranker and abstention threshold it names) searches its own chunks of the held-out
+documents. Three configurations, each over the same questions (a seeded sample of `eval_questions.parquet`,
 `evaluate.rag_questions`), generating greedily with the prompt serving sends (core/prompts.py):
 
     naive      the naive recipe: base embedder over fixed 1000-character windows (200 shared), the top
                `serving.rag_top_k` windows by cosine as the numbered passages, no abstention, base chat model
-    base       our retrieval: hybrid (fine-tuned embedder + BM25, fused by `retrieval` params) over our chunking,
-               sources assembled by core/context.py as serving does, abstaining below the dense-cosine threshold
-               the evaluate stage measured (`abstention.dense.threshold`); base chat model
+    base       the served retrieval (`served_contexts`): its search, sources assembled by core/context.py as serving
+               does, abstaining as serving does (`RetrievalConfig.abstains`); base chat model
     finetuned  the same with the fine-tuned chat model
 
 What is searched: the held-out documents *unmasked* (their question sentences left in). Retrieval with
@@ -22,34 +23,37 @@ Metrics (`artifacts/metrics/rag.json`, per configuration; `rag_metrics`):
     cited_rate          share of the answers given (not abstained) that cite at least one given source
     declined_rate       share of the answers given that are core/prompts.py `NOT_IN_CONTEXT`
     abstention_rate     share of questions abstained on (retrieval below the threshold)
-and `artifacts/reports/rag_answers.json`: every question with each configuration's answer and cited documents.
+and `artifacts/reports/rag_answers.json`: the served retrieval version and settings (`retrieval`), and every question
+with each configuration's answer and cited documents (`answers`).
 """
 
 from __future__ import annotations
 
 import gc
-import json
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import polars as pl
 from transformers import AutoTokenizer
 
 from core import paths
 from core.citations import CITATION, clean
-from core.config import ChunkParams, Params, params
+from core.config import Params, params
 from core.context import Passage, assemble
 from core.fusion import reciprocal_rank_fusion
 from core.io import write_json
 from core.lexical import LexicalIndex
-from core.loading import load_chat, load_embedder
+from core.loading import load_chat, load_embedder, load_reranker
 from core.log import get_logger
 from core.prompts import NOT_IN_CONTEXT
+from core.retrieval_unit import RetrievalConfig, champion_unit
 from data.datasets import seeded_sample
 from evaluation.chat_quality import generate_answers, token_f1
-from evaluation.retrieval import dense_scored, lexical_rankings, naive_chunks
+from evaluation.retrieval import dense_scored, lexical_rankings, naive_chunks, rerank_rankings
 
 log = get_logger(__name__)
 
@@ -114,22 +118,49 @@ def naive_contexts(p: Params, docs: pl.DataFrame, queries: list[str]) -> Context
     return Contexts([[texts[j] for j in r] for r in rows], [[doc_of[j] for j in r] for r in rows], [False] * len(rows))
 
 
-def our_contexts(
-    p: Params, chunks: pl.DataFrame, queries: list[str], threshold: float, count_tokens: Callable[[str], int]
+def served_contexts(
+    p: Params, unit: RetrievalConfig, chunks: pl.DataFrame, queries: list[str], count_tokens: Callable[[str], int]
 ) -> Contexts:
-    """Hybrid retrieval over our chunks, then sources as serving assembles them (serving/engines/rag.py)."""
-    rp, top_k = p.retrieval, p.serving.rag_top_k
-    dense, sims = dense_scored(load_embedder(paths.EMBEDDER_MODEL), chunks, queries, max(top_k, rp.candidates))
-    index = LexicalIndex.build(chunks["chunk_id"].to_list(), chunks["text"].to_list(), rp.stemmer)
-    lexical = lexical_rankings(index, queries, max(top_k, rp.candidates))
+    """The served retrieval unit's search over `chunks`, then sources as serving assembles them.
+
+    As serving/engines/retriever.py searches: the unit's default mode and fusion settings, the embedder version it
+    names, its reranker (when it names one) over the first `rerank_candidates`, and its abstention rule
+    (`RetrievalConfig.abstains`); sources as serving/engines/rag.py assembles them (core/context.py).
+    """
+    top_k = p.serving.rag_top_k
+    first = max(top_k, unit.candidates, unit.rerank_candidates if unit.reranker_version else 0)
+    n = len(queries)
+    dense: list[list[int]] = [[] for _ in range(n)]
+    sims: list[list[float]] = [[] for _ in range(n)]
+    if unit.mode != "lexical":
+        dense, sims = dense_scored(load_embedder(f"models:/{unit.embedder_name}/{unit.embedder_version}"), chunks,
+                                   queries, first)  # fmt: skip
+    rankings = dense
+    if unit.mode != "dense":
+        index = LexicalIndex.build(chunks["chunk_id"].to_list(), chunks["text"].to_list(), unit.stemmer)
+        lexical = lexical_rankings(index, queries, first)
+        rankings = lexical
+        if unit.mode == "hybrid":
+            rankings = [
+                [row for row, _ in reciprocal_rank_fusion([d[: unit.candidates], lx[: unit.candidates]],
+                                                          unit.weights(), unit.rrf_k)]
+                for d, lx in zip(dense, lexical, strict=True)
+            ]  # fmt: skip
+    kind: Literal["dense", "reranker"] | None = None if unit.mode == "lexical" else "dense"
+    best = [s[0] if s else None for s in sims]
+    if unit.reranker_version:
+        reranker = load_reranker(f"models:/{unit.reranker_name}/{unit.reranker_version}")
+        rankings, heads, _ = rerank_rankings(reranker, queries, chunks["text"].to_list(), rankings,
+                                             unit.rerank_candidates, p.evaluate.batch_size)  # fmt: skip
+        kind, best = "reranker", [h[0] if h else None for h in heads]
     meta = chunks.select("doc_id", "position").to_dicts()
     ids, texts = chunks["chunk_id"].to_list(), chunks["text"].to_list()
     out = Contexts([], [], [])
-    for d, lx, s in zip(dense, lexical, sims, strict=True):
-        fused = reciprocal_rank_fusion([d[: rp.candidates], lx[: rp.candidates]], rp.weights(), rp.rrf_k)[:top_k]
-        hits = [Passage(ids[j], texts[j], score, meta[j]) for j, score in fused]
+    for ranking, top in zip(rankings, best, strict=True):
+        # the order is what matters to context assembly: the score only ranks sources (rank-derived here)
+        hits = [Passage(ids[j], texts[j], 1.0 / (1 + r), meta[j]) for r, j in enumerate(ranking[:top_k])]
         sources = assemble(hits, count_tokens, p.serving.rag_context_tokens, p.serving.rag_neighbour_window)
-        abstain = not s or s[0] < threshold  # the best dense cosine, as the server judges hybrid search
+        abstain = unit.abstains(top, kind, None)
         out.passages.append([] if abstain else [x.text for x in sources])
         out.doc_ids.append([] if abstain else [str(x.metadata["doc_id"]) for x in sources])
         out.abstained.append(abstain)
@@ -151,26 +182,21 @@ def answer(p: Params, chat_dir: Path, questions: list[str], ctx: Contexts) -> li
     return out
 
 
-def evaluate_rag(
-    p: Params, chunk_params: ChunkParams
-) -> tuple[dict[str, dict[str, float | int]], list[dict[str, object]]]:
+def evaluate_rag(p: Params) -> tuple[dict[str, dict[str, float | int]], dict[str, object]]:
     """Answer the sampled held-out questions with every configuration.
 
-    Args:
-        chunk_params: our chunking (`core.chunking.chosen_chunking`).
-
     Returns:
-        The metrics per configuration and the per-question report rows.
+        The metrics per configuration and the report (`retrieval`: the served unit; `answers`: per question).
     """
-    from data.chunk import chunk_documents, load_tokenizer
     from data.grounded import with_next_sentence
 
     questions = seeded_sample(pl.read_parquet(paths.EVAL_QUESTIONS), p.evaluate.rag_questions, "query_id", p.seed)
     questions = questions.sort("query_id")
     held = pl.read_parquet(paths.EVAL_DOCUMENTS)["doc_id"].to_list()
     docs = pl.read_parquet(paths.DOCUMENTS).filter(pl.col("doc_id").is_in(held))  # unmasked: see the docstring
-    chunks = chunk_documents(docs, load_tokenizer(), chunk_params)
-    threshold = float(json.loads(paths.EVAL_METRICS.read_text())["abstention"]["dense"]["threshold"])
+    with tempfile.TemporaryDirectory() as tmp:
+        version, unit, all_chunks = champion_unit(p.models.retrieval_name, p.models.champion_alias, Path(tmp) / "unit")
+    chunks = all_chunks.filter(pl.col("doc_id").is_in(held))
     text_of = dict(zip(docs["doc_id"], docs["text"], strict=True))
     queries, relevant = questions["query"].to_list(), questions["doc_id"].to_list()
     # the reference: the sentence and the one after it in the document, as the fine-tuning answers are composed
@@ -183,7 +209,12 @@ def evaluate_rag(
     def count(text: str) -> int:
         return len(chat_tok(text, add_special_tokens=False)["input_ids"])
 
-    ours = our_contexts(p, chunks, queries, threshold, count)
+    log.info(
+        "served retrieval: %s version %s (embedder v%s, %s, mode %s, reranker %s), %d held-out chunks",
+        p.models.retrieval_name, version, unit.embedder_version, unit.chunking_name, unit.mode,
+        unit.reranker_version or "none", chunks.height,
+    )  # fmt: skip
+    ours = served_contexts(p, unit, chunks, queries, count)
     contexts = {"naive": naive_contexts(p, docs, queries), "base": ours, "finetuned": ours}
     chat_dirs = {"naive": paths.BASE_CHAT, "base": paths.BASE_CHAT, "finetuned": paths.CHAT_MODEL}
     metrics: dict[str, dict[str, float | int]] = {}
@@ -198,26 +229,29 @@ def evaluate_rag(
             "rag config=%s seconds=%.1f %s",
             name, time.perf_counter() - t0, " ".join(f"{k}={v}" for k, v in metrics[name].items()),
         )  # fmt: skip
-    report: list[dict[str, object]] = []
+    rows: list[dict[str, object]] = []
     for i, q in enumerate(questions.iter_rows(named=True)):
         row: dict[str, object] = {"query_id": q["query_id"], "question": q["query"], "reference": refs[i],
                                   "doc_id": q["doc_id"]}  # fmt: skip
         for name in CONFIGS:
             j = judged[name][i]
             row[name] = {"answer": j.answer, "abstained": j.abstained, "cited_doc_ids": j.cited_docs}
-        report.append(row)
-    return metrics, report
+        rows.append(row)
+    served = {
+        "name": p.models.retrieval_name, "version": version, "embedder_version": unit.embedder_version,
+        "chunking": unit.chunking_name, "mode": unit.mode, "reranker_version": unit.reranker_version,
+        "abstain_score": unit.abstain_score, "abstain_threshold": unit.abstain_threshold,
+    }  # fmt: skip
+    return metrics, {"retrieval": served, "answers": rows}
 
 
 def main() -> None:
-    from core.chunking import chosen_chunking
-
     p = params()
     t0 = time.perf_counter()
-    metrics, report = evaluate_rag(p, chosen_chunking(p))
+    metrics, report = evaluate_rag(p)
     write_json(metrics, paths.RAG_METRICS)
     write_json(report, paths.RAG_REPORT)
-    log.info("rag evaluated questions=%d seconds=%.1f out=%s", len(report), time.perf_counter() - t0, paths.RAG_METRICS)
+    log.info("rag evaluated seconds=%.1f out=%s", time.perf_counter() - t0, paths.RAG_METRICS)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from chromadb.api.models.Collection import Collection
@@ -132,16 +132,10 @@ class Retriever:
         return self._judged(reranked, reranked[0].score, "reranker", min_score)
 
     def _judged(
-        self, hits: list[SearchHit], best: float | None, kind: str | None, min_score: float | None
-    ) -> Retrieval:
-        """Abstain when the best score is below `min_score`, or below the registered threshold when that was measured
-        on this kind of score; never without a threshold that applies."""
-        c = self.config
-        threshold = min_score
-        if threshold is None and kind is not None and kind == c.abstain_score:
-            threshold = c.abstain_threshold
-        abstain = threshold is not None and (best is None or best < threshold)
-        return Retrieval(hits, best if kind else None, abstain)
+        self, hits: list[SearchHit], best: float | None, kind: Literal["dense", "reranker"] | None,
+        min_score: float | None,
+    ) -> Retrieval:  # fmt: skip
+        return Retrieval(hits, best if kind else None, self.config.abstains(best, kind, min_score))
 
     async def _first_stage(
         self, query: str, top_k: int, where: dict[str, Any] | None, mode: Mode

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import polars as pl
 import pytest
 
 from core.prompts import NOT_IN_CONTEXT
@@ -42,3 +43,28 @@ def test_declined_and_degenerate_cases() -> None:
     assert m["declined_rate"] == 0.5 and m["cited_rate"] == 0.0 and m["citation_precision"] == 0.0
     m = rag_metrics([Judged("", [], 0.0, True)], ["d"])
     assert m["abstention_rate"] == 1.0 and m["cited_rate"] == 0.0 and m["declined_rate"] == 0.0
+
+
+def test_served_contexts_search_as_the_unit_says_and_assemble_sources() -> None:
+    """A lexical unit (what the naive fallback or a BM25-best corpus serves) needs no embedder: the sources are
+    its BM25 order, merged as serving merges neighbours, and lexical search never abstains by a cosine threshold."""
+    from core.config import Params
+    from core.retrieval_params import RetrievalParams
+    from core.retrieval_unit import RetrievalConfig
+    from evaluation.rag_eval import served_contexts
+
+    unit = RetrievalConfig.of(
+        RetrievalParams(), embedder_name="embedder", embedder_version="1", chunks_md5="x", chunking={},
+        mode="lexical", metric="mrr@10", scores={}, reasons=[], abstain_threshold=0.9, abstain_score="dense",
+    )  # fmt: skip
+    chunks = pl.DataFrame({
+        "chunk_id": ["a0", "a1", "b0", "c0"],
+        "doc_id": ["a", "a", "b", "c"],
+        "position": [0, 1, 0, 0],
+        "text": ["zip archives are read by zipfile", "zipfile writes archives too", "json dumps objects", "tar files"],
+    })  # fmt: skip
+    ctx = served_contexts(Params(), unit, chunks, ["how are zip archives written"], lambda t: len(t.split()))
+    assert ctx.abstained == [False]
+    assert ctx.doc_ids[0][0] == "a"  # both of document a's neighbouring chunks, merged into the first source
+    assert "zipfile writes archives too" in ctx.passages[0][0] and "read by zipfile" in ctx.passages[0][0]
+    assert "a" not in ctx.doc_ids[0][1:]

@@ -13,7 +13,17 @@ from core.fusion import reciprocal_rank_fusion
 from core.lexical import LexicalIndex
 from core.registry import Registry
 from core.retrieval_params import RetrievalParams
-from core.retrieval_unit import ARTIFACT, LexicalSearchModel, RetrievalConfig, read_unit, unit_chunks, write_unit
+from core.retrieval_unit import (
+    ARTIFACT,
+    LexicalSearchModel,
+    RetrievalConfig,
+    UnitUnavailable,
+    champion_unit,
+    read_unit,
+    unit_chunks,
+    write_unit,
+)
+from core.tracking import file_md5
 from evaluation.register_retrieval import Candidate, choose_candidate, choose_mode, reranker_decision, versus_naive
 from evaluation.retrieval import (
     document_metrics,
@@ -195,6 +205,39 @@ def test_unit_logged_registered_downloaded_and_loaded_as_pyfunc(tmp_path: Path, 
     assert out[0]["query"] == "zip archives" and out[0]["chunk_ids"] == ["d"]
     with pytest.raises(FileNotFoundError, match=r"retrieval\.json"):
         read_unit(tmp_path / "lexical")
+
+
+def test_champion_unit_is_what_the_alias_names_and_refuses_other_chunks(tmp_path: Path, registry: Registry) -> None:
+    """The index stage and the RAG evaluation read the served unit through `champion_unit`."""
+    lexical_dir, chunks_file = tmp_path / "lexical", tmp_path / "chunks.parquet"
+    _index().save(lexical_dir)
+    pl.DataFrame({"chunk_id": list(TEXTS), "text": list(TEXTS.values())}).write_parquet(chunks_file)
+    with pytest.raises(UnitUnavailable, match="register stage has not run"):
+        champion_unit("retrieval", "champion", tmp_path / "none", registry)
+    versions = []
+    for md5 in (file_md5(chunks_file), "not-these-chunks"):
+        write_unit(tmp_path / md5, _config().model_copy(update={"chunks_md5": md5}), lexical_dir, chunks_file)
+        with mlflow.start_run():
+            info = mlflow.pyfunc.log_model(
+                name="retrieval", python_model=LexicalSearchModel(), artifacts={ARTIFACT: str(tmp_path / md5)}
+            )
+        versions.append(registry.register(str(info.model_uri), "retrieval"))
+    registry.promote("retrieval", "champion", versions[0])
+    version, config, chunks = champion_unit("retrieval", "champion", tmp_path / "a", registry)
+    assert version == versions[0] and config.mode == "hybrid" and chunks["chunk_id"].to_list() == list(TEXTS)
+    registry.promote("retrieval", "champion", versions[1])
+    with pytest.raises(UnitUnavailable, match="md5 mismatch"):
+        champion_unit("retrieval", "champion", tmp_path / "b", registry)
+
+
+def test_abstention_applies_only_the_threshold_measured_on_that_kind_of_score() -> None:
+    c = _config().model_copy(update={"abstain_threshold": 0.4, "abstain_score": "dense"})
+    assert c.abstains(0.3, "dense", None) and not c.abstains(0.5, "dense", None)
+    assert c.abstains(None, "dense", None)  # no dense hit at all
+    assert not c.abstains(0.0, "reranker", None)  # a threshold on cosine says nothing about reranker scores
+    assert not c.abstains(None, None, None)  # lexical only: no fixed scale, never abstains by the threshold
+    assert c.abstains(0.5, "dense", 0.6) and not c.abstains(0.3, "dense", 0.2)  # the request's min_score wins
+    assert not _config().abstains(0.0, "dense", None)  # no threshold measured: always answers
 
 
 # ---- reranking -------------------------------------------------------------------------------------------

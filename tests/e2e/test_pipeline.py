@@ -94,8 +94,12 @@ def test_held_out_questions_are_plain_language_about_held_out_documents(pipeline
 def test_rag_evaluation_answers_every_sampled_question(pipeline: Path) -> None:
     """Stage evaluate_rag: every configuration scored on the same questions, each answer in the report."""
     metrics = json.loads((pipeline / "artifacts/metrics/rag.json").read_text())
-    report = json.loads((pipeline / "artifacts/reports/rag_answers.json").read_text())
+    full = json.loads((pipeline / "artifacts/reports/rag_answers.json").read_text())
+    report = full["answers"]
     tiny = yaml.safe_load((pipeline / "params.yaml").read_text())["evaluate"]["rag_questions"]
+    register = json.loads((pipeline / "artifacts/reports/register.json").read_text())["retrieval"]
+    # what is measured is what is served: the retrieval champion register just promoted
+    assert full["retrieval"]["version"] == register["version"] and full["retrieval"]["mode"] == register["mode"]
     assert set(metrics) == {"naive", "base", "finetuned"}
     for m in metrics.values():
         assert m["questions"] == len(report) and 0 < len(report) <= tiny
