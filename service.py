@@ -21,7 +21,7 @@ import logging
 import bentoml
 import torch
 from fastapi import Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 
 from serving.handlers import Handlers
 from serving.http import cancel_on_disconnect, create_app, respond
@@ -29,6 +29,8 @@ from serving.metrics import PrometheusObserver, record_request
 from serving.platform import Platform
 from serving.registry import load_models
 from serving.schemas import ChatCompletionRequest, EmbeddingRequest, RagRequest, RerankRequest, SearchRequest
+from serving.schemas.anthropic import CountTokensRequest, MessagesRequest
+from serving.schemas.completions import CompletionRequest, DetokenizeRequest, TokenizeRequest
 from serving.settings import load_settings, service_resources
 
 SETTINGS = load_settings()
@@ -109,3 +111,31 @@ async def rerank(body: RerankRequest, request: Request) -> Response:
 @app.post("/rag", response_model=None)
 async def rag(body: RagRequest, request: Request) -> Response:
     return respond(await cancel_on_disconnect(request, handlers().rag.answer(body, request.state.record)))
+
+
+@app.post("/completions", response_model=None)
+async def completions(body: CompletionRequest, request: Request) -> Response:
+    return respond(await cancel_on_disconnect(request, handlers().completions.create(body, request.state.record)))
+
+
+@app.post("/tokenize", response_model=None)
+async def tokenize(body: TokenizeRequest) -> Response:
+    return respond(handlers().completions.tokenize(body))
+
+
+@app.post("/detokenize", response_model=None)
+async def detokenize(body: DetokenizeRequest) -> Response:
+    return respond(handlers().completions.detokenize(body))
+
+
+# ---- Anthropic's Messages API (same engine path; Anthropic's error body on these routes: serving/http.py) ----
+
+
+@app.post("/messages", response_model=None)
+async def messages(body: MessagesRequest, request: Request) -> Response:
+    return respond(await cancel_on_disconnect(request, handlers().messages.create(body, request.state.record)))
+
+
+@app.post("/messages/count_tokens", response_model=None)
+async def count_tokens(body: CountTokensRequest) -> Response:
+    return JSONResponse(handlers().messages.count_tokens(body))

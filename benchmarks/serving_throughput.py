@@ -1,5 +1,6 @@
-"""Serving throughput: aggregate chat tokens/s at N concurrent streams vs 1, and embedding texts/s at
-N single-text clients vs 1. Ratios are against a baseline measured in the same run, on the same server.
+"""Serving throughput: aggregate chat tokens/s at N concurrent streams vs 1, N streams with half of them
+constrained by a JSON schema vs N free, and embedding texts/s at N single-text clients vs 1. Ratios are
+against a baseline measured in the same run, on the same server.
 
     make bench                                                   # starts `bentoml serve` itself
     .venv/bin/python -m benchmarks.serving_throughput --url http://127.0.0.1:3000   # a running server
@@ -32,8 +33,24 @@ PROMPTS = [
 ]
 
 
-async def _stream(c: httpx.AsyncClient, url: str, i: int, max_tokens: int) -> tuple[int, float]:
-    body = {
+# an open-ended schema (an unbounded string and array), so constrained streams run about as long as free ones
+JSON_FORMAT = {
+    "type": "json_schema",
+    "json_schema": {
+        "name": "answer",
+        "schema": {
+            "type": "object",
+            "properties": {"answer": {"type": "string"}, "examples": {"type": "array", "items": {"type": "string"}}},
+            "required": ["answer", "examples"],
+        },
+    },
+}
+
+
+async def _stream(
+    c: httpx.AsyncClient, url: str, i: int, max_tokens: int, constrained: bool = False
+) -> tuple[int, float]:
+    body: dict[str, Any] = {
         "model": "chat",
         "messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
         "max_tokens": max_tokens,
@@ -41,6 +58,8 @@ async def _stream(c: httpx.AsyncClient, url: str, i: int, max_tokens: int) -> tu
         "stream": True,
         "stream_options": {"include_usage": True},
     }
+    if constrained:
+        body["response_format"] = JSON_FORMAT
     start, ttft, tokens = time.perf_counter(), None, 0
     async with c.stream("POST", f"{url}/v1/chat/completions", json=body) as r:
         r.raise_for_status()
@@ -55,10 +74,13 @@ async def _stream(c: httpx.AsyncClient, url: str, i: int, max_tokens: int) -> tu
     return tokens, ttft or 0.0
 
 
-async def chat(url: str, n: int, max_tokens: int) -> dict[str, float]:
+async def chat(url: str, n: int, max_tokens: int, constrained_every: int = 0) -> dict[str, float]:
+    """`n` concurrent streams; with `constrained_every` k > 0, every k-th one is held to `JSON_FORMAT`."""
     async with httpx.AsyncClient(timeout=600) as c:
         start = time.perf_counter()
-        res = await asyncio.gather(*(_stream(c, url, i, max_tokens) for i in range(n)))
+        res = await asyncio.gather(
+            *(_stream(c, url, i, max_tokens, bool(constrained_every) and i % constrained_every == 0) for i in range(n))
+        )
         wall = time.perf_counter() - start
     tokens = sum(t for t, _ in res)
     return {
@@ -105,6 +127,9 @@ def run(a: argparse.Namespace, url: str) -> dict[str, object]:
         one = asyncio.run(chat(url, 1, a.max_tokens))
         many = asyncio.run(chat(url, a.streams, a.max_tokens))
         result |= _compare("chat", one, many, a.streams, "tokens_per_s")
+        half = asyncio.run(chat(url, a.streams, a.max_tokens, constrained_every=2))
+        result |= {f"chat_{a.streams}_half_json": half,
+                   "chat_half_json_ratio": round(half["tokens_per_s"] / many["tokens_per_s"], 2)}  # fmt: skip
         print(json.dumps(result), flush=True)
     if not a.skip_embed:
         if shutil.which("wrk"):

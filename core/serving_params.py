@@ -36,6 +36,10 @@ class ServingParams(Section):
     """Largest `max_tokens` a request may ask for."""
     chat_default_max_tokens: int = Field(default=256, ge=1)
     """`max_tokens` when the request gives none."""
+    messages_temperature: float = Field(default=1.0, ge=0.0, le=1.0)
+    """`/v1/messages` when the request sends no `temperature` (today's `anthropic` SDK never does; older ones do)."""
+    messages_top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    """`/v1/messages` when the request sends no `top_p`."""
     embed_max_batch_size: int = Field(default=32, ge=1)
     """Texts per embedder forward pass (micro-batching across requests)."""
     embed_max_wait_ms: float = Field(default=5.0, ge=0)

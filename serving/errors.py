@@ -77,6 +77,39 @@ def to_openai_error(exc: BaseException) -> HttpError:
     return HttpError(kind.status, body)
 
 
+# Anthropic's error types by status (https://docs.anthropic.com/en/api/errors); 503 is our overload signal,
+# where Anthropic's own API answers 529, which clients retry alike.
+ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+}
+
+
+def to_anthropic_error(exc: BaseException) -> HttpError:
+    """The same mapping as `to_openai_error`, in Anthropic's body: `{"type": "error", "error": {type, message}}`."""
+    err = to_openai_error(exc)
+    message = err.body["error"]["message"]
+    param = err.body["error"].get("param")
+    if param and param not in message:
+        message = f"{param}: {message}"
+    body = {"type": "error", "error": {"type": ANTHROPIC_TYPES.get(err.status, "api_error"), "message": message}}
+    return HttpError(err.status, body, err.headers)
+
+
+def to_error(exc: BaseException, path: str) -> HttpError:
+    """The error in the dialect of the route family `path` belongs to (Anthropic's for /v1/messages...)."""
+    return to_anthropic_error(exc) if is_anthropic(path) else to_openai_error(exc)
+
+
+def is_anthropic(path: str) -> bool:
+    return path.rstrip("/").endswith("/messages") or "/messages/" in path
+
+
 def from_validation_errors(errors: list[dict[str, Any]]) -> InvalidRequest:
     """A pydantic/FastAPI validation error list as one InvalidRequest naming the first bad field."""
     parts = []

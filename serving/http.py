@@ -25,13 +25,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.errors import PayloadTooLarge, RateLimited, ServingError, Unauthorized
 from core.log import get_logger
-from serving.errors import from_validation_errors, to_openai_error
+from serving.errors import from_validation_errors, to_anthropic_error, to_error, to_openai_error
 from serving.handlers.base import Event, EventStream, RequestRecord
 from serving.settings import Settings
 
 log = get_logger("serving.requests")
 
-KNOWN_ROUTES = ("/v1/chat/completions", "/v1/embeddings", "/v1/models", "/v1/search", "/v1/rag", "/v1/status")
+KNOWN_ROUTES = (
+    "/v1/chat/completions", "/v1/embeddings", "/v1/models", "/v1/search", "/v1/rag", "/v1/status", "/v1/rerank",
+    "/v1/messages", "/v1/messages/count_tokens", "/v1/completions", "/v1/tokenize", "/v1/detokenize",
+)  # fmt: skip
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -63,8 +66,9 @@ async def cancel_on_disconnect(request: Request, work: Awaitable[T], poll_s: flo
             task.cancel()
 
 
-def error_response(exc: BaseException) -> JSONResponse:
-    err = to_openai_error(exc)
+def error_response(exc: BaseException, path: str = "") -> JSONResponse:
+    """The error's status and body, in the dialect of the route (`serving.errors.to_error`)."""
+    err = to_error(exc, path)
     if err.status >= 500 and not isinstance(exc, ServingError):
         log.error("unhandled error: %r", exc, exc_info=exc)
     return JSONResponse(err.body, status_code=err.status, headers=err.headers)
@@ -81,7 +85,7 @@ def respond(result: BaseModel | EventStream | Response) -> Response:
         # The background task runs when the response ends however it ends, also when the client left
         # before the first event (the iterator never started): the stream's resources are freed either way.
         return StreamingResponse(
-            sse_stream(result.events),
+            sse_stream(result.events) if result.dialect == "openai" else anthropic_sse_stream(result.events),
             media_type="text/event-stream",
             headers=SSE_HEADERS,
             background=BackgroundTask(result.on_close),
@@ -95,6 +99,18 @@ def sse(payload: Event) -> str:
     """One server-sent event in the OpenAI framing (`data: {...}` and a blank line)."""
     body = payload.model_dump_json(exclude_none=True) if isinstance(payload, BaseModel) else json.dumps(payload)
     return f"data: {body}\n\n"
+
+
+async def anthropic_sse_stream(events: AsyncIterator[Event]) -> AsyncIterator[str]:
+    """Frame Anthropic's events (`event: <type>` then `data: {...}`); an error after the start is an `error` event."""
+    try:
+        async for event in events:
+            body = event.model_dump(exclude_none=True) if isinstance(event, BaseModel) else event
+            yield f"event: {body['type']}\ndata: {json.dumps(body)}\n\n"
+    except Exception as e:
+        yield f"event: error\ndata: {json.dumps(to_anthropic_error(e).body)}\n\n"
+        if not isinstance(e, ServingError):
+            log.error("stream failed: %r", e, exc_info=e)
 
 
 async def sse_stream(events: AsyncIterator[Event]) -> AsyncIterator[str]:
@@ -171,7 +187,7 @@ class EdgeMiddleware:
         try:
             refusal = self._refuse(headers, scope)
             if refusal is not None:
-                await error_response(refusal)(scope, receive, send_with_id)
+                await error_response(refusal, path)(scope, receive, send_with_id)
                 return
             await self.app(scope, self._limited_receive(receive), send_with_id)
         finally:
@@ -191,9 +207,12 @@ class EdgeMiddleware:
         key = None
         if self.settings.api_keys:
             auth = headers.get("authorization", "")
-            key = auth.removeprefix("Bearer ").strip() if auth.startswith("Bearer ") else None
+            # OpenAI clients send `Authorization: Bearer`, Anthropic's send `x-api-key`: either is accepted
+            key = auth.removeprefix("Bearer ").strip() if auth.startswith("Bearer ") else headers.get("x-api-key")
             if key not in self.settings.api_keys:
-                return Unauthorized("missing or invalid API key: send `Authorization: Bearer <key>`")
+                return Unauthorized(
+                    "missing or invalid API key: send `Authorization: Bearer <key>` or `x-api-key: <key>`"
+                )
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self.settings.max_body_bytes:
             return PayloadTooLarge(f"request body is {length} bytes; the limit is {self.settings.max_body_bytes}")
@@ -227,16 +246,16 @@ def create_app(settings: Settings, on_request: Callable[[str, int, float], None]
     app = FastAPI(title="modelplatform OpenAI-compatible API", docs_url=None, redoc_url=None)
 
     @app.exception_handler(ServingError)
-    async def _domain(_: Request, exc: ServingError) -> JSONResponse:
-        return error_response(exc)
+    async def _domain(request: Request, exc: ServingError) -> JSONResponse:
+        return error_response(exc, request.url.path)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(from_validation_errors(list(exc.errors())))
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(from_validation_errors(list(exc.errors())), request.url.path)
 
     @app.exception_handler(Exception)
-    async def _bug(_: Request, exc: Exception) -> JSONResponse:
-        return error_response(exc)
+    async def _bug(request: Request, exc: Exception) -> JSONResponse:
+        return error_response(exc, request.url.path)
 
     app.add_middleware(EdgeMiddleware, settings=settings, on_request=on_request)
     return app

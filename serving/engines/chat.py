@@ -21,7 +21,8 @@ start/stop). The parts live in `serving/engines/generation/`, one concern each, 
 (tests/code/test_chat_parts.py):
     batch.py        `Batch`: KV cache, mask (B, L), next tokens (B, 1) and rows as one value; `merge`, `select`
     forward.py      the two forwards on a `Batch` (`prefill`, `decode`) and `warm_up` through them
-    sampling.py     per-row chain of logits steps (temperature, top-p) with a seeded generator; batched argmax
+    sampling.py     per-row chain of logits steps (grammar mask, temperature, top-p), seeded generator; argmax
+    grammar.py      constrained decoding (llguidance): a request's JSON schema or grammar as its mask step
     detokenizer.py  incremental detokenizer (prefix/read offsets) holding back stop-string prefixes and U+FFFD
     request.py      one request's state (`Request`: emit, timeouts) and the caller's `GenerationHandle`
     waiting.py      the bounded FIFO between `submit` and admit, with the stop signal
@@ -39,13 +40,17 @@ import asyncio
 import threading
 import time
 from collections.abc import Sequence
+from functools import cached_property
 from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from core.device import MemoryBackoff
 from core.errors import Overloaded
+from core.tool_calls import template_for
+from serving.engines.generation.detokenizer import TokenTexts
 from serving.engines.generation.forward import warm_up
+from serving.engines.generation.grammar import GrammarMask, Grammars
 from serving.engines.generation.health import StepHealth
 from serving.engines.generation.request import GenerationHandle, Request, check_fits
 from serving.engines.generation.sampling import GREEDY, RowSampler, sample
@@ -83,6 +88,7 @@ class ChatEngine:
         self.device = next(model.parameters()).device
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.eos_ids = _eos_ids(model, tokenizer)
+        self.token_texts = TokenTexts(tokenizer)  # shared: its cache of token texts serves every request
         self._health = StepHealth(max_failed_steps)
         self._waiting = WaitingQueue(max_queue, on_change=self._report_load)
         self._scheduler = Scheduler(
@@ -112,9 +118,18 @@ class ChatEngine:
             self._thread.join(timeout=10)
             self._thread = None
 
-    def encode_messages(self, messages: list[dict[str, str]]) -> list[int]:
-        """Prompt token ids: the model's chat template with the assistant turn opened."""
-        enc: Any = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    def encode_messages(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> list[int]:
+        """Prompt token ids: the chat template with the assistant turn opened.
+
+        With tools offered, or tool calls and results in the history, a template that knows tools renders
+        them: the model's own if it has one, else the project's (core/chat_template.jinja, core/tool_calls.py).
+        """
+        uses_tools = bool(tools) or any(m.get("tool_calls") or m["role"] == "tool" for m in messages)
+        template = template_for(self.tokenizer.chat_template) if uses_tools else None
+        listed: Any = tools
+        enc: Any = self.tokenizer.apply_chat_template(
+            messages, tools=listed, chat_template=template, add_generation_prompt=True, tokenize=True
+        )
         ids = enc["input_ids"] if not isinstance(enc, list) else enc
         if ids and isinstance(ids[0], list):
             ids = ids[0]
@@ -124,7 +139,8 @@ class ChatEngine:
         """Check the request and queue it; cheap, no model work.
 
         Raises:
-            InvalidRequest / ContextLengthExceeded: empty prompt, or prompt + max_tokens over the window.
+            InvalidRequest / ContextLengthExceeded: empty prompt, prompt + max_tokens over the window, or a
+                constraint that does not compile (the message names the problem).
             QueueFull: the queue is at its bound.
             Overloaded: the engine is not running, or unhealthy (the message says why).
         """
@@ -133,13 +149,29 @@ class ChatEngine:
         if self._thread is None or not health.healthy:
             why = health.reason or "it is not running"
             raise Overloaded(f"the chat engine cannot take requests: {why}", retry_after_s=self.retry_after_s)
+        grammar = self.constrain(params)
         req = Request(
-            prompt, params, tokenizer=self.tokenizer, sampler=RowSampler.from_params(params, self.device),
-            loop=asyncio.get_running_loop(), deadline=time.monotonic() + self.timeout_s,
+            prompt, params, tokenizer=self.tokenizer, sampler=RowSampler.from_params(params, self.device, grammar),
+            loop=asyncio.get_running_loop(), deadline=time.monotonic() + self.timeout_s, token_texts=self.token_texts,
         )  # fmt: skip
         free_slots = max(self.limit - self._running(), 0)
         self._waiting.put(req, free_slots=free_slots, retry_after_s=self.retry_after_s)
         return GenerationHandle(req, self._cancel, self.timeout_s)
+
+    @cached_property
+    def grammars(self) -> Grammars:
+        """The constraint compiler for this tokenizer (built on first use, or by `warmup`: ~0.5 s)."""
+        return Grammars(self.tokenizer, self.eos_ids)
+
+    def constrain(self, params: SamplingParams) -> GrammarMask | None:
+        """The request's grammar state at its start (None: unconstrained).
+
+        Raises:
+            InvalidRequest: the constraint does not compile; the message names the problem.
+        """
+        if params.constraint is None:
+            return None
+        return self.grammars.matcher(self.grammars.compile(params.constraint))
 
     @property
     def limit(self) -> int:
@@ -156,7 +188,9 @@ class ChatEngine:
         return self._health.check(thread is not None and not thread.is_alive() and not self._waiting.stopping)
 
     def warmup(self) -> None:
-        """Run the scheduler's own prefill, merge, decode and select once; works before `start()`."""
+        """Run the scheduler's own prefill, merge, decode and select once, and build the grammar compiler; works
+        before `start()`."""
+        _ = self.grammars
         prompts = [self.encode_messages([{"role": "user", "content": c}]) for c in ("Hi", "Say hello in French.")]
         warm_up(self.model, prompts, self.pad_id, lambda logits, rows: sample(logits, [GREEDY] * len(rows)))
 

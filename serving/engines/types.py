@@ -9,6 +9,17 @@ FinishReason = Literal["stop", "length"]
 
 
 @dataclass(frozen=True)
+class Constraint:
+    """What the output must match (serving/engines/generation/grammar.py compiles it)."""
+
+    kind: Literal["json_schema", "json_object", "lark"]
+    source: str = ""
+    """The JSON schema (serialized) or the Lark grammar; empty for `json_object` (any JSON object)."""
+    param: str = "response_format"
+    """The request field it came from, named by the 400 when it does not compile."""
+
+
+@dataclass(frozen=True)
 class SamplingParams:
     max_tokens: int
     temperature: float = 1.0
@@ -16,6 +27,23 @@ class SamplingParams:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    constraint: Constraint | None = None
+    """Decode only what this grammar allows (None: free text)."""
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logprobs: int | None = None
+    """Record each token's log-probability and this many best alternatives (0-20); None: record nothing."""
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token as OpenAI reports it: its text, its UTF-8 bytes, its log-probability."""
+
+    token: str
+    bytes: list[int]
+    logprob: float
+    top: tuple[TokenLogprob, ...] = ()
+    """The best alternatives at this position, best first (empty unless `top_logprobs` was asked)."""
 
 
 @dataclass(frozen=True)
@@ -26,6 +54,11 @@ class TokenDelta:
     completion_tokens: int
     prompt_tokens: int
     finish_reason: FinishReason | None = None
+    logprobs: tuple[TokenLogprob, ...] = ()
+    """The tokens generated in this step, when the request asked for logprobs (the text may lag behind them:
+    the detokenizer holds back what could begin a stop string)."""
+    stop_sequence: str | None = None
+    """On the last delta: the stop string that ended the answer (None: EOS, max_tokens, or still going)."""
 
 
 @dataclass(frozen=True)
@@ -34,6 +67,8 @@ class Completion:
     finish_reason: FinishReason
     prompt_tokens: int
     completion_tokens: int
+    logprobs: tuple[TokenLogprob, ...] = ()
+    stop_sequence: str | None = None
 
 
 @dataclass(frozen=True)

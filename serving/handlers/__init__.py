@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from serving.handlers.chat import ChatHandler
+from serving.handlers.completions import CompletionsHandler
 from serving.handlers.embeddings import EmbeddingsHandler
+from serving.handlers.messages import MessagesHandler
 from serving.handlers.models import ModelsHandler
 from serving.handlers.rag import RagHandler
 from serving.handlers.retrieval import RetrievalHandler
@@ -27,16 +29,25 @@ class Handlers:
     retrieval: RetrievalHandler
     rag: RagHandler
     models: ModelsHandler
+    messages: MessagesHandler
+    """Anthropic's Messages API, over the chat handler's engine path."""
+    completions: CompletionsHandler
+    """Legacy text completions, tokenize and detokenize."""
 
     @classmethod
     def build(cls, platform: Platform, settings: Settings) -> Handlers:
         limits = SamplingLimits.of(settings.serving)
         log_text = settings.serving.log_text
         rag = RagHandler(platform, limits)
+        chat = ChatHandler(platform, limits, log_text, rag)
         return cls(
-            chat=ChatHandler(platform, limits, log_text, rag),
+            chat=chat,
             embeddings=EmbeddingsHandler(platform),
             retrieval=RetrievalHandler(platform),
             rag=rag,
             models=ModelsHandler(platform),
+            completions=CompletionsHandler(platform, limits),
+            messages=MessagesHandler(
+                platform, chat, settings.serving.messages_temperature, settings.serving.messages_top_p
+            ),
         )

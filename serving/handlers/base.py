@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
@@ -57,3 +57,6 @@ class EventStream:
 
     events: AsyncIterator[Event]
     on_close: Callable[[], None]
+    dialect: Literal["openai", "anthropic"] = "openai"
+    """How the edge frames the events: `data:` lines ending with `[DONE]` (OpenAI), or `event:` + `data:` pairs
+    named by each event's `type`, with no terminator (Anthropic)."""

@@ -1,14 +1,26 @@
-"""/v1/chat/completions: the champion chat model, or `model: "rag"` (retrieve, then a cited answer)."""
+"""/v1/chat/completions: the champion chat model, or `model: "rag"` (retrieve, then a cited answer).
+
+`n > 1` submits `n` generations of the same prompt at once: admitted together they share one prefill
+(serving/engines/generation/forward.py) and then decode as separate rows, each with its own sampler (with a
+`seed`, choice i draws with seed + i, so the choices differ and each is reproducible). Streamed, their chunks
+interleave, each carrying its choice's `index`.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 from core.errors import InvalidRequest, ModelNotFound
-from serving.engines.chat import GenerationHandle
+from core.tool_calls import ToolChoice, parse
+from serving.engines.chat import ChatEngine, GenerationHandle
+from serving.engines.types import SamplingParams, TokenLogprob
 from serving.handlers.base import CHAT, RAG, EventStream, RequestRecord
 from serving.handlers.rag import AnswerPiece, RagAnswer, RagHandler
+from serving.handlers.tools import ToolCallReader
 from serving.platform import Platform
 from serving.schemas import (
     AssistantMessage,
@@ -16,12 +28,33 @@ from serving.schemas import (
     ChatCompletionChunk,
     ChatCompletionRequest,
     Choice,
+    ChoiceLogprobs,
     ChunkChoice,
     Delta,
     SamplingLimits,
     new_id,
     usage,
 )
+from serving.schemas.tools import ToolCall, ToolCallDelta
+
+
+@dataclass
+class Started:
+    """Generations under way for one request: one stream of pieces per choice, and how to stop them all."""
+
+    streams: list[AsyncIterator[AnswerPiece]]
+    cancel: Callable[[], None]
+    choice: ToolChoice
+    """The tool choice in effect (`none` when no tools were offered)."""
+    answer: RagAnswer | None = None
+    """`model: "rag"`: the retrieval behind the answer (sources, abstention)."""
+
+    async def collect(self) -> list[tuple[str, AnswerPiece, list[TokenLogprob]]]:
+        """Every choice whole: its text, its last piece and its tokens' logprobs."""
+        try:
+            return list(await asyncio.gather(*(collect_answer(s) for s in self.streams)))
+        finally:
+            self.cancel()  # a no-op for finished generations; frees the others if one failed
 
 
 class ChatHandler:
@@ -31,98 +64,208 @@ class ChatHandler:
         self.log_text = log_text
         self.rag = rag
 
-    async def completions(self, req: ChatCompletionRequest, record: RequestRecord) -> ChatCompletion | EventStream:
-        """Queue the generation; the whole completion, or its chunks when `stream` is set.
+    async def start(self, req: ChatCompletionRequest, record: RequestRecord) -> Started:
+        """Queue the generation(s) a request asks for: the dialect-free half of a chat request (the Anthropic
+        Messages route converts its request and calls this too).
 
         Raises:
             ModelNotFound: `model` is neither `chat` nor `rag`.
             InvalidRequest / ContextLengthExceeded / QueueFull: see the schema's `to_sampling` and the engines.
         """
         params = req.to_sampling(self.limits)
+        choice = req.tool_choice_in_effect() if req.tools else "none"
         if req.model == RAG:
-            question = req.last_user_text()
-            if not question:
-                raise InvalidRequest("model `rag` needs a user message holding the question", param="messages")
+            question = self._rag_question(req)
             answer = await self.rag.start(
                 question, params, record, req.top_k, req.filter, req.mode, req.min_score, req.rerank
             )
-            pieces, cancel = answer.stream(), answer.cancel
+            started = Started([answer.stream()], answer.cancel, choice, answer)
         elif req.model == CHAT:
-            handle = self.platform.chat.submit(self.platform.chat.encode_messages(req.template_messages()), params)
-            record.model, record.version, record.prompt_tokens = (
-                CHAT,
-                self.platform.chat_info.version,
-                handle.prompt_tokens,
-            )
-            answer, pieces, cancel = None, _pieces(handle, record), handle.cancel
+            prompt = self.platform.chat.encode_messages(req.template_messages(), req.template_tools())
+            handles = submit_n(self.platform.chat, prompt, params, req.n)
+            record.model, record.version, record.prompt_tokens = CHAT, self.platform.chat_info.version, len(prompt)
+            started = Started([chat_pieces(h, record) for h in handles], cancel_all(handles), choice)
         else:
             raise ModelNotFound(
                 f"model `{req.model}` does not exist; use `chat` or `rag` (see /v1/models)", param="model"
             )
         if self.log_text:
             record.prompt = req.template_messages()[-1]["content"]
+        return started
+
+    async def completions(self, req: ChatCompletionRequest, record: RequestRecord) -> ChatCompletion | EventStream:
+        """Queue the generation(s); the whole completion, or its chunks when `stream` is set (see `start`)."""
+        started = await self.start(req, record)
+        streams, cancel, choice, answer = started.streams, started.cancel, started.choice, started.answer
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return EventStream(self._chunks(req.model, pieces, answer, include_usage), cancel)
-        text, last = "", AnswerPiece("")
-        async for piece in pieces:
-            text += piece.text
-            last = piece
+            chunks = self._chunks(req.model, streams, answer, include_usage, choice, req.logprobs)
+            return EventStream(chunks, cancel)
+        results = await started.collect()
         if self.log_text:
-            record.answer = text
+            record.answer = results[0][0]
+        choices = [_choice(i, text, last, lps, choice, req.logprobs) for i, (text, last, lps) in enumerate(results)]
+        last = results[0][1]
         out = ChatCompletion(
             id=new_id("chatcmpl"),
             created=int(time.time()),
             model=req.model,
-            choices=[Choice(message=AssistantMessage(content=text), finish_reason=last.finish_reason)],  # type: ignore[arg-type]
-            usage=usage(last.prompt_tokens, last.completion_tokens),
+            choices=choices,
+            usage=usage(last.prompt_tokens, sum(r[1].completion_tokens for r in results)),
         )
         if answer is not None:
             out.sources, out.citations, out.abstained = answer.sources, last.citations or [], answer.abstained
         return out
 
+    @staticmethod
+    def _rag_question(req: ChatCompletionRequest) -> str:
+        if req.tools:
+            raise InvalidRequest("model `rag` answers from its sources and takes no tools", param="tools")
+        if req.n != 1:
+            raise InvalidRequest("model `rag` returns one answer per request (n must be 1)", param="n")
+        question = req.last_user_text()
+        if not question:
+            raise InvalidRequest("model `rag` needs a user message holding the question", param="messages")
+        return question
+
     async def _chunks(
-        self, model: str, pieces: AsyncIterator[AnswerPiece], answer: RagAnswer | None, include_usage: bool
+        self,
+        model: str,
+        streams: list[AsyncIterator[AnswerPiece]],
+        answer: RagAnswer | None,
+        include_usage: bool,
+        choice: ToolChoice,
+        logprobs: bool,
     ) -> AsyncIterator[ChatCompletionChunk]:
         cid, created = new_id("chatcmpl"), int(time.time())
+        readers = [ToolCallReader(choice) for _ in streams]
+        completion_tokens = [0] * len(streams)
+        prompt_tokens = 0
 
-        def chunk(delta: Delta, finish: str | None = None) -> ChatCompletionChunk:
-            choice = ChunkChoice(delta=delta, finish_reason=finish)  # type: ignore[arg-type]
-            return ChatCompletionChunk(id=cid, created=created, model=model, choices=[choice])
+        def chunk(
+            index: int, delta: Delta, finish: str | None = None, lps: ChoiceLogprobs | None = None
+        ) -> ChatCompletionChunk:
+            one = ChunkChoice(index=index, delta=delta, finish_reason=finish, logprobs=lps)  # type: ignore[arg-type]
+            return ChatCompletionChunk(id=cid, created=created, model=model, choices=[one])
 
-        first = chunk(Delta(role="assistant", content=""))
-        if answer is not None:
-            first.sources = answer.sources
-        yield first
-        async for piece in pieces:
-            if piece.text:
-                yield chunk(Delta(content=piece.text))
+        for i in range(len(streams)):
+            first = chunk(i, Delta(role="assistant", content=""))
+            if answer is not None:
+                first.sources = answer.sources
+            yield first
+        async for i, piece in merged_pieces(streams):
+            reader = readers[i]
+            content, calls = reader.push(piece.text)
+            if piece.finish_reason is not None:
+                content += reader.finish()
+            lps = ChoiceLogprobs.of(piece.logprobs) if logprobs and piece.logprobs else None
+            if content or lps:
+                yield chunk(i, Delta(content=content), lps=lps)
+            base = len(reader.calls) - len(calls)  # calls are numbered across the whole answer
+            for k, call in enumerate(calls):
+                yield chunk(i, Delta(tool_calls=[ToolCallDelta.of(base + k, call)]))
             if piece.finish_reason is None:
                 continue
-            last = chunk(Delta(), piece.finish_reason)
+            finish = "tool_calls" if reader.calls and piece.finish_reason == "stop" else piece.finish_reason
+            last = chunk(i, Delta(), finish)
             if answer is not None:
                 last.citations, last.abstained = piece.citations or [], answer.abstained
             yield last
-            if include_usage:  # OpenAI: the usage chunk has empty choices and comes before [DONE]
-                yield ChatCompletionChunk(
-                    id=cid,
-                    created=created,
-                    model=model,
-                    choices=[],
-                    usage=usage(piece.prompt_tokens, piece.completion_tokens),
-                )
+            prompt_tokens, completion_tokens[i] = piece.prompt_tokens, piece.completion_tokens
+        if include_usage:  # OpenAI: the usage chunk has empty choices and comes before [DONE]
+            yield ChatCompletionChunk(
+                id=cid, created=created, model=model, choices=[], usage=usage(prompt_tokens, sum(completion_tokens))
+            )
 
 
-async def _pieces(handle: GenerationHandle, record: RequestRecord) -> AsyncIterator[AnswerPiece]:
-    """The plain chat model's deltas as answer pieces; records the outcome on the last."""
+def _choice(
+    index: int, text: str, last: AnswerPiece, tokens: list[TokenLogprob], choice: ToolChoice, logprobs: bool
+) -> Choice:
+    """One whole answer as a choice: its calls when it made any (`finish_reason: "tool_calls"`), else its text."""
+    message, finish = AssistantMessage(content=text), last.finish_reason
+    if choice != "none":
+        content, calls = parse(text)
+        if calls:
+            message = AssistantMessage(content=content, tool_calls=[ToolCall.of(c) for c in calls])
+            finish = "tool_calls" if finish == "stop" else finish
+    lps = ChoiceLogprobs.of(tokens) if logprobs else None
+    return Choice(index=index, message=message, finish_reason=finish, logprobs=lps)  # type: ignore[arg-type]
+
+
+async def collect_answer(pieces: AsyncIterator[AnswerPiece]) -> tuple[str, AnswerPiece, list[TokenLogprob]]:
+    """A whole answer: its text, its last piece (finish reason, counts, citations) and its tokens' logprobs."""
+    text, last = "", AnswerPiece("")
+    tokens: list[TokenLogprob] = []
+    async for piece in pieces:
+        text += piece.text
+        tokens += piece.logprobs
+        last = piece
+    return text, last, tokens
+
+
+async def merged_pieces(streams: list[AsyncIterator[AnswerPiece]]) -> AsyncIterator[tuple[int, AnswerPiece]]:
+    """The pieces of every stream as they come, tagged with the stream's index; an error in one is raised."""
+    if len(streams) == 1:
+        async for piece in streams[0]:
+            yield 0, piece
+        return
+    queue: asyncio.Queue[tuple[int, AnswerPiece | BaseException | None]] = asyncio.Queue()
+
+    async def pump(i: int, stream: AsyncIterator[AnswerPiece]) -> None:
+        try:
+            async for piece in stream:
+                await queue.put((i, piece))
+            await queue.put((i, None))
+        except Exception as e:  # handed to the consumer, which raises it
+            await queue.put((i, e))
+
+    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        open_streams = len(streams)
+        while open_streams:
+            i, item = await queue.get()
+            if item is None:
+                open_streams -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield i, item
+    finally:
+        for t in tasks:
+            t.cancel()
+
+
+def submit_n(engine: ChatEngine, prompt: list[int], params: SamplingParams, n: int) -> list[GenerationHandle]:
+    """`n` generations of `prompt` (choice i seeded with seed + i); all queued, or none (the error is raised)."""
+    handles: list[GenerationHandle] = []
+    try:
+        for i in range(n):
+            seeded = params if params.seed is None or i == 0 else dataclasses.replace(params, seed=params.seed + i)
+            handles.append(engine.submit(prompt, seeded))
+    except BaseException:
+        cancel_all(handles)()
+        raise
+    return handles
+
+
+def cancel_all(handles: list[GenerationHandle]) -> Callable[[], None]:
+    def cancel() -> None:
+        for h in handles:
+            h.cancel()
+
+    return cancel
+
+
+async def chat_pieces(handle: GenerationHandle, record: RequestRecord) -> AsyncIterator[AnswerPiece]:
+    """The plain chat model's deltas as answer pieces; records the outcome on the last (tokens summed over n)."""
     async for d in handle.stream():
         if d.finish_reason is None:
-            if d.text:
-                yield AnswerPiece(d.text)
+            if d.text or d.logprobs:
+                yield AnswerPiece(d.text, logprobs=d.logprobs)
             continue
-        record.completion_tokens, record.finish_reason, record.queue_ms = (
-            d.completion_tokens,
-            d.finish_reason,
-            handle.queue_ms,
-        )
-        yield AnswerPiece(d.text or "", d.finish_reason, d.prompt_tokens, d.completion_tokens)
+        record.completion_tokens = (record.completion_tokens or 0) + d.completion_tokens
+        record.finish_reason, record.queue_ms = d.finish_reason, handle.queue_ms
+        yield AnswerPiece(
+            d.text or "", d.finish_reason, d.prompt_tokens, d.completion_tokens, logprobs=d.logprobs,
+            stop_sequence=d.stop_sequence,
+        )  # fmt: skip

@@ -14,7 +14,7 @@ from typing import Any
 from core.citations import clean
 from core.retrieval_params import Mode
 from serving.engines.rag import NOTHING_FOUND, RagRun
-from serving.engines.types import SamplingParams
+from serving.engines.types import SamplingParams, TokenLogprob
 from serving.handlers.base import RAG, EventStream, RequestRecord
 from serving.platform import Platform
 from serving.schemas import RagRequest, RagResponse, RagSource, SamplingLimits, usage
@@ -29,6 +29,10 @@ class AnswerPiece:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     citations: list[int] | None = None
+    logprobs: tuple[TokenLogprob, ...] = ()
+    """The plain chat model's tokens in this piece, when logprobs were asked."""
+    stop_sequence: str | None = None
+    """On the last piece of a plain chat answer: the stop string that ended it, if one did."""
 
 
 @dataclass

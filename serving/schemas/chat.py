@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from core.errors import InvalidRequest
 from core.retrieval_params import Mode
-from serving.engines.types import Completion, SamplingParams
-from serving.schemas.base import SamplingLimits, Usage, _Request, new_id, usage
+from core.tool_calls import ToolChoice
+from serving.engines.types import Completion, Constraint, SamplingParams, TokenLogprob
+from serving.schemas.base import SamplingLimits, SpecModel, Usage, _Request, new_id, stop_strings, usage
 from serving.schemas.retrieval import RagSource
+from serving.schemas.tools import (
+    NamedToolChoice,
+    ToolCall,
+    ToolCallDelta,
+    ToolDefinition,
+    resolve_choice,
+    template_tools,
+    tool_constraint,
+)
 
 # ---- chat completions ------------------------------------------------------------------------------
 
@@ -21,19 +34,76 @@ class TextPart(BaseModel):
 
 
 class ChatMessage(BaseModel):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+    """Absent or null only on an assistant message that carries `tool_calls`."""
+    tool_calls: list[ToolCall] | None = None
+    """An assistant's calls, sent back in the history."""
+    tool_call_id: str | None = None
+    """A `tool` message: the call it answers."""
+    name: str | None = None
+
+    @model_validator(mode="after")
+    def _content_given(self) -> ChatMessage:
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError(f"a `{self.role}` message needs `content`")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a `tool` message needs the `tool_call_id` of the call it answers")
+        return self
 
     def text(self) -> str:
+        if self.content is None:
+            return ""
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
 
-    def as_template_message(self) -> dict[str, str]:
+    def as_template_message(self) -> dict[str, Any]:
         # `developer` is OpenAI's newer name for `system`; chat templates know only `system`.
-        return {"role": "system" if self.role == "developer" else self.role, "content": self.text()}
+        out: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role, "content": self.text()}
+        if self.tool_calls:
+            out["tool_calls"] = [c.model_dump() for c in self.tool_calls]
+        if self.tool_call_id:
+            out["tool_call_id"] = self.tool_call_id
+        return out
 
 
 class StreamOptions(BaseModel):
     include_usage: bool = False
+
+
+class JsonSchemaFormat(BaseModel):
+    """`response_format.json_schema`, as OpenAI takes it."""
+
+    model_config = ConfigDict(populate_by_name=True)
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    """The JSON schema the answer must validate against; absent: any JSON object."""
+    strict: bool | None = None
+    """Accepted for compatibility: every schema is enforced by constrained decoding, strict or not."""
+
+
+class ResponseFormat(BaseModel):
+    """What the answer's text must be: free `text`, any JSON object, or JSON valid against a schema.
+
+    JSON answers are guaranteed by constrained decoding (serving/engines/generation/grammar.py): the
+    answer parses and validates, unless it ends with `finish_reason: "length"` (max_tokens came first).
+    """
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("response_format of type json_schema needs a `json_schema` object with the `schema`")
+        return self
+
+    def constraint(self) -> Constraint | None:
+        if self.type == "text":
+            return None
+        if self.type == "json_object" or self.json_schema is None or self.json_schema.schema_ is None:
+            return Constraint("json_object")
+        return Constraint("json_schema", json.dumps(self.json_schema.schema_))
 
 
 class ChatCompletionRequest(_Request):
@@ -45,11 +115,18 @@ class ChatCompletionRequest(_Request):
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     stop: str | list[str] | None = None
     seed: int | None = None
-    n: int = 1
+    n: int = Field(default=1, ge=1, le=8)
+    """Choices to generate; they share one prefill (at most 8: each takes a decode slot)."""
     stream: bool = False
     stream_options: StreamOptions | None = None
-    tools: list[Any] | None = None
-    logprobs: bool | None = None
+    response_format: ResponseFormat | None = None
+    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    tools: list[ToolDefinition] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool = True
     # RAG extras (`model: "rag"`), sent by OpenAI clients through `extra_body`
     top_k: int | None = Field(default=None, ge=1)
     filter: dict[str, Any] | None = None
@@ -60,24 +137,12 @@ class ChatCompletionRequest(_Request):
     rerank: bool | None = None
     """`model: "rag"` only: see SearchRequest.rerank."""
 
-    @field_validator("stop")
-    @classmethod
-    def _stops(cls, v: str | list[str] | None) -> list[str] | None:
-        if v is None:
-            return None
-        stops = [v] if isinstance(v, str) else v
-        if len(stops) > 4 or any(not s for s in stops):
-            raise ValueError("stop takes at most 4 non-empty strings")
-        return stops
+    _stops = field_validator("stop")(stop_strings)
 
     @model_validator(mode="after")
     def _supported(self) -> ChatCompletionRequest:
-        if self.n != 1:
-            raise ValueError("n must be 1: this server returns one choice per request (send n requests instead)")
-        if self.tools:
-            raise ValueError("tools are not supported by this server's chat model")
-        if self.logprobs:
-            raise ValueError("logprobs are not supported by this server")
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
         return self
 
     def requested_max_tokens(self) -> int | None:
@@ -95,9 +160,50 @@ class ChatCompletionRequest(_Request):
             top_p=self.top_p,
             stop=tuple(self.stop or ()),  # type: ignore[arg-type]
             seed=self.seed,
+            constraint=self.constraint(),
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            logprobs=(self.top_logprobs or 0) if self.logprobs else None,
         )
 
-    def template_messages(self) -> list[dict[str, str]]:
+    def tool_choice_in_effect(self) -> ToolChoice:
+        """`none`, `auto`, `required` or a tool's name (see `resolve_choice`)."""
+        return resolve_choice(self.tools, self.tool_choice)
+
+    def constraint(self) -> Constraint | None:
+        """What the answer must match: the tool-call format, a response format, or nothing.
+
+        Raises:
+            InvalidRequest: a tool or tool_choice that cannot be used, both tools and a JSON response format,
+                or a `tool` message that answers no call.
+        """
+        self._check_tool_messages()
+        choice = self.tool_choice_in_effect()
+        fmt = self.response_format.constraint() if self.response_format else None
+        if choice == "none" or not self.tools:
+            return fmt
+        if fmt is not None:
+            raise InvalidRequest(
+                "a JSON response_format and tools cannot both constrain one answer: send tool_choice `none`, "
+                "or drop response_format", param="response_format",
+            )  # fmt: skip
+        return tool_constraint(self.tools, choice, self.parallel_tool_calls)
+
+    def _check_tool_messages(self) -> None:
+        calls: set[str] = set()
+        for i, m in enumerate(self.messages):
+            calls.update(c.id for c in m.tool_calls or [])
+            if m.role == "tool" and m.tool_call_id not in calls:
+                raise InvalidRequest(
+                    f"messages[{i}] answers tool call `{m.tool_call_id}`, which no earlier assistant message made",
+                    param=f"messages.{i}.tool_call_id",
+                )
+
+    def template_tools(self) -> list[dict[str, Any]] | None:
+        """The tools as the chat template lists them; None when the answer may not call them."""
+        return template_tools(self.tools) if self.tool_choice_in_effect() != "none" else None
+
+    def template_messages(self) -> list[dict[str, Any]]:
         return [m.as_template_message() for m in self.messages]
 
     def last_user_text(self) -> str | None:
@@ -105,16 +211,46 @@ class ChatCompletionRequest(_Request):
         return users[-1].text() if users else None
 
 
-class AssistantMessage(BaseModel):
+class AssistantMessage(SpecModel):
+    nullable = ("content", "refusal")
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    refusal: str | None = None
+    """OpenAI's field for a model's refusal; our models never refuse, so always null (the spec requires it)."""
+    tool_calls: list[ToolCall] | None = None
 
 
-class Choice(BaseModel):
+class TopLogprob(SpecModel):
+    nullable = ("bytes",)
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprobOut(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(SpecModel):
+    nullable = ("content", "refusal")
+    content: list[TokenLogprobOut] | None
+    refusal: None = None
+
+    @classmethod
+    def of(cls, tokens: Sequence[TokenLogprob]) -> ChoiceLogprobs:
+        def top(t: TokenLogprob) -> TopLogprob:
+            return TopLogprob(token=t.token, logprob=t.logprob, bytes=t.bytes)
+
+        return cls(content=[TokenLogprobOut(token=t.token, logprob=t.logprob, bytes=t.bytes,
+                                            top_logprobs=[top(x) for x in t.top]) for t in tokens])  # fmt: skip
+
+
+class Choice(SpecModel):
+    nullable = ("logprobs",)
     index: int = 0
     message: AssistantMessage
-    finish_reason: Literal["stop", "length"]
-    logprobs: None = None
+    finish_reason: Literal["stop", "length", "tool_calls"]
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletion(BaseModel):
@@ -145,13 +281,15 @@ class ChatCompletion(BaseModel):
 class Delta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
-class ChunkChoice(BaseModel):
+class ChunkChoice(SpecModel):
+    nullable = ("finish_reason",)  # null on every chunk but the last: the spec requires the key
     index: int = 0
     delta: Delta
-    finish_reason: Literal["stop", "length"] | None = None
-    logprobs: None = None
+    finish_reason: Literal["stop", "length", "tool_calls"] | None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletionChunk(BaseModel):

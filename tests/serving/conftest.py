@@ -39,6 +39,9 @@ SERVER_ENV = {
     # 10 s after it starts on any machine, so the slot and disconnect tests act while it runs, and they
     # learn when to act from /v1/status, not from sleeps.
     "SERVING_DEBUG_STEP_DELAY_MS": "50",
+    # Today's anthropic SDK cannot send a temperature: greedy by default on /v1/messages, so the Anthropic
+    # tests can compare a streamed answer with a plain one.
+    "SERVING_MESSAGES_TEMPERATURE": "0",
 }
 STARTUP_TIMEOUT_S = 300
 

@@ -36,7 +36,15 @@ def bento(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_bento_carries_the_code_and_not_the_data(bento: Path) -> None:
     src = bento / "src"
-    for needed in ("service.py", "params.yaml", "serving/http.py", "serving/engines/chat.py", "core/config.py"):
+    needed_files = (
+        "service.py",
+        "params.yaml",
+        "serving/http.py",
+        "serving/engines/chat.py",
+        "core/config.py",
+        "core/chat_template.jinja",
+    )  # the tool-call format the server renders prompts with
+    for needed in needed_files:
         assert (src / needed).is_file(), needed
     for left_out in ("tests", "state", "artifacts", "data", "training", "mlflow.db", ".venv"):
         assert not (src / left_out).exists(), left_out

@@ -278,7 +278,8 @@ def test_error_cases(http: httpx.Client) -> None:
     assert _error(http.post("/v1/embeddings", json={"model": "gpt-9", "input": "x"}), 404)["code"] == (
         "model_not_found"
     )
-    assert "n must be 1" in _error(http.post("/v1/chat/completions", json={**chat, "n": 2}), 400)["message"]
+    assert _error(http.post("/v1/chat/completions", json={**chat, "n": 9}), 400)["param"] == "n"
+    assert _error(http.post("/v1/chat/completions", json={**chat, "model": "rag", "n": 2}), 400)["param"] == "n"
     assert _error(http.post("/v1/chat/completions", json={**chat, "temperature": 9}), 400)["param"] == "temperature"
     bad_json = http.post("/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
     _error(bad_json, 400)

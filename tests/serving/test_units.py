@@ -106,8 +106,10 @@ def test_validation_errors_name_the_field() -> None:
 
 def test_chat_request_refuses_what_it_cannot_honour() -> None:
     base = {"model": "chat", "messages": [{"role": "user", "content": "hi"}]}
-    with pytest.raises(ValidationError, match="n must be 1"):
-        ChatCompletionRequest.model_validate({**base, "n": 2})
+    with pytest.raises(ValidationError, match="less than or equal to 8"):
+        ChatCompletionRequest.model_validate({**base, "n": 9})
+    with pytest.raises(ValidationError, match="top_logprobs needs logprobs"):
+        ChatCompletionRequest.model_validate({**base, "top_logprobs": 2})
     with pytest.raises(ValidationError, match="stop"):
         ChatCompletionRequest.model_validate({**base, "stop": ["a", "b", "c", "d", "e"]})
     req = ChatCompletionRequest.model_validate(

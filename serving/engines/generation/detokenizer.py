@@ -33,6 +33,8 @@ class IncrementalDetokenizer:
         self.read = 0
         self.held = ""  # decoded text not sent yet: it may begin a stop string
         self.stopped = False
+        self.matched: str | None = None
+        """The stop string that ended the text (Anthropic's `stop_sequence`), once one has."""
 
     def push(self, token: int) -> str:
         """Add one generated token; return the text now safe to send (often '', never past a stop string)."""
@@ -63,8 +65,9 @@ class IncrementalDetokenizer:
 
     def _release(self, new: str, final: bool) -> str:
         text = self.held + new
-        cut = _first_stop(text, self.stop)
-        if cut is not None:
+        found = _first_stop(text, self.stop)
+        if found is not None:
+            cut, self.matched = found
             self.stopped, self.held = True, ""
             return text[:cut]
         keep = 0 if final else _stop_prefix_len(text, self.stop)
@@ -72,10 +75,13 @@ class IncrementalDetokenizer:
         return text[: len(text) - keep]
 
 
-def _first_stop(text: str, stops: Sequence[str]) -> int | None:
-    """Where to cut `text` at the stop string that completes first (ties: the one that starts first)."""
-    found = [(i + len(s), i) for s in stops if (i := text.find(s)) >= 0]
-    return min(found)[1] if found else None
+def _first_stop(text: str, stops: Sequence[str]) -> tuple[int, str] | None:
+    """Where to cut `text` at the stop string that completes first (ties: the one that starts first), and which."""
+    found = [(i + len(s), i, s) for s in stops if (i := text.find(s)) >= 0]
+    if not found:
+        return None
+    _, cut, stop = min(found)
+    return cut, stop
 
 
 def _stop_prefix_len(text: str, stops: Sequence[str]) -> int:
@@ -87,3 +93,42 @@ def _stop_prefix_len(text: str, stops: Sequence[str]) -> int:
                 longest = k
                 break
     return longest
+
+
+class TokenTexts:
+    """A token id's own text and UTF-8 bytes, as OpenAI's logprobs report them (`token`, `bytes`).
+
+    Byte-level BPE vocabularies (GPT-2's, SmolLM2's) spell bytes as printable characters (`Ġ` is a space);
+    mapping them back gives the token's exact bytes, also for a token that holds half a character (its
+    `token` text then shows U+FFFD, as OpenAI's does). Other vocabularies fall back to `decode([id])`.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.tokenizer = tokenizer
+        self._byte_of = {c: b for b, c in _bytes_to_unicode().items()}
+        self._cache: dict[int, tuple[str, list[int]]] = {}
+
+    def __call__(self, token_id: int) -> tuple[str, list[int]]:
+        hit = self._cache.get(token_id)
+        if hit is None:
+            piece = self.tokenizer.convert_ids_to_tokens(token_id)
+            if isinstance(piece, str) and piece and all(c in self._byte_of for c in piece):
+                raw = bytes(self._byte_of[c] for c in piece)
+            else:
+                raw = str(self.tokenizer.decode([token_id])).encode()
+            hit = self._cache[token_id] = (raw.decode("utf-8", errors="replace"), list(raw))
+        return hit
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte -> printable character table for byte-level BPE (openai/gpt-2 encoder.py; transformers keeps
+    it only in private modules, so it is spelled out here)."""
+    printable = [(ord("!"), ord("~")), (ord("¡"), ord("¬")), (ord("®"), ord("ÿ"))]
+    keep = [b for lo, hi in printable for b in range(lo, hi + 1)]
+    chars, extra = list(keep), 0
+    for b in range(256):
+        if b not in keep:
+            keep.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return dict(zip(keep, (chr(c) for c in chars), strict=True))

@@ -28,9 +28,16 @@ def prefill(
     model: PreTrainedModel, rows: list[T], inputs: Sequence[Sequence[int]], pad_id: int, pick: Pick
 ) -> Batch[T]:
     """Run the prompts of `rows` (one token list each) and return them as a batch whose `next` holds
-    their first generated tokens."""
+    their first generated tokens.
+
+    Identical prompts are run once and their cache rows copied (`Batch.select` with repeated indices): the
+    `n` choices of one request, or clients sending the same prompt together, share one prefill. Each row
+    still picks its own first token from the shared logits (its own sampler and seed).
+    """
     device = next(model.parameters()).device
-    ids, mask = left_pad(inputs, pad_id)
+    unique: dict[tuple[int, ...], int] = {}
+    source = [unique.setdefault(tuple(x), len(unique)) for x in inputs]
+    ids, mask = left_pad(list(unique), pad_id)
     ids, mask = ids.to(device), mask.to(device)
     cache = DynamicCache(config=model.config)
     out = model(
@@ -41,8 +48,15 @@ def prefill(
         use_cache=True,
         logits_to_keep=1,
     )
-    tokens = pick(out.logits[:, -1, :], rows)  # (g,)
-    return Batch(list(rows), cache, mask, tokens.view(-1, 1))
+    logits = out.logits[:, -1, :]
+    placeholder = torch.zeros((len(unique), 1), dtype=torch.long, device=device)  # `next` is set below
+    batch: Batch[T] = Batch(list(rows[: len(unique)]), cache, mask, placeholder)
+    if len(unique) < len(rows):
+        batch.select(source)  # copies each shared prompt's cache row to every row that sent it
+        logits = logits.index_select(0, torch.tensor(source, device=logits.device))
+        batch.rows = list(rows)
+    batch.next = pick(logits, batch.rows).view(-1, 1)  # (g, 1)
+    return batch
 
 
 @torch.inference_mode()

@@ -16,9 +16,9 @@ from collections.abc import AsyncIterator, Callable
 from transformers import PreTrainedTokenizerBase
 
 from core.errors import ContextLengthExceeded, InvalidRequest, Overloaded, RequestTimeout
-from serving.engines.generation.detokenizer import IncrementalDetokenizer
-from serving.engines.generation.sampling import RowSampler
-from serving.engines.types import Completion, EngineObserver, FinishReason, SamplingParams, TokenDelta
+from serving.engines.generation.detokenizer import IncrementalDetokenizer, TokenTexts
+from serving.engines.generation.sampling import RowSampler, TokenChoice
+from serving.engines.types import Completion, EngineObserver, FinishReason, SamplingParams, TokenDelta, TokenLogprob
 
 _ids = itertools.count()
 
@@ -74,12 +74,14 @@ class Request:
         sampler: RowSampler,
         loop: asyncio.AbstractEventLoop,
         deadline: float,
+        token_texts: TokenTexts | None = None,
     ) -> None:
         self.id = next(_ids)
         self.prompt = prompt
         self.params = params
         self.sampler = sampler
         self.detokenizer = IncrementalDetokenizer(tokenizer, params.stop)
+        self.token_texts = token_texts or TokenTexts(tokenizer)
         self.loop = loop
         self.queue: asyncio.Queue[TokenDelta | BaseException] = asyncio.Queue()
         self.deadline = deadline
@@ -104,8 +106,10 @@ class Request:
             window: the context window; reaching it ends the answer with "length".
         """
         reason: FinishReason | None = None
+        chosen = self.sampler.logprobs.take() if self.sampler.logprobs is not None else ()
         if eos:
             reason, text = "stop", self.detokenizer.flush()
+            chosen = ()  # the end-of-sequence token is not part of the answer
         else:
             self.generated.append(token)
             text = self.detokenizer.push(token)
@@ -114,7 +118,17 @@ class Request:
                 reason, text = "length", text + self.detokenizer.flush()
             if self.detokenizer.stopped:
                 reason = "stop"
-        return TokenDelta(text, len(self.generated), len(self.prompt), reason)
+        matched = self.detokenizer.matched if reason is not None else None
+        return TokenDelta(text, len(self.generated), len(self.prompt), reason, self._logprobs(chosen), matched)
+
+    def _logprobs(self, chosen: tuple[TokenChoice, ...]) -> tuple[TokenLogprob, ...]:
+        def one(token: int, logprob: float) -> TokenLogprob:
+            text, raw = self.token_texts(token)
+            return TokenLogprob(text, raw, logprob)
+
+        return tuple(
+            TokenLogprob(*self.token_texts(c.token), c.logprob, tuple(one(t, lp) for t, lp in c.top)) for c in chosen
+        )
 
     def emit(self, token: int, *, eos: bool, window: int, observer: EngineObserver) -> bool:
         """`advance` by one token, time it, and send the delta to the consumer; whether the request finished."""
@@ -201,9 +215,14 @@ class GenerationHandle:
     async def result(self) -> Completion:
         """The whole answer once generated (raises what `stream` raises)."""
         parts: list[str] = []
+        logprobs: list[TokenLogprob] = []
         last: TokenDelta | None = None
         async for delta in self.stream():
             parts.append(delta.text)
+            logprobs += delta.logprobs
             last = delta
         assert last is not None and last.finish_reason is not None
-        return Completion("".join(parts), last.finish_reason, last.prompt_tokens, last.completion_tokens)
+        return Completion(
+            "".join(parts), last.finish_reason, last.prompt_tokens, last.completion_tokens, tuple(logprobs),
+            last.stop_sequence,
+        )  # fmt: skip
