@@ -14,8 +14,8 @@ one):
 
     .venv/bin/python benchmarks/grammar_libs.py [--tokenizer artifacts/base/chat] [--repeat 20]
 
-Measured here (2026-11-30, 2 cores, SmolLM2-135M's tokenizer, 49,152 tokens): see serving/engines/generation/
-grammar.py for the figures and the choice.
+Measured here (2026-11-30, 2 cores, SmolLM2-135M's tokenizer, 49,152 tokens, `--repeat 20` on an idle machine):
+see serving/engines/generation/grammar.py for the figures and the choice.
 """
 
 from __future__ import annotations

@@ -1,19 +1,20 @@
 """Constrained decoding: a grammar's token mask as one more per-row logits step.
 
 Which library, and why: llguidance, not xgrammar. Both serve vLLM and SGLang; measured on this CPU with
-SmolLM2's tokenizer (49,152 tokens; `benchmarks/grammar_libs.py`, 2 cores, one thread, median over 20 runs):
+SmolLM2's tokenizer (49,152 tokens; `benchmarks/grammar_libs.py --repeat 20`, 2 cores, one thread, idle machine,
+2026-11-30; medians):
 
-    grammar          compile ms (llguidance / xgrammar)   mask µs per token (llguidance / xgrammar)
-    json_object      0.7 / 13.2                           95 / 85
-    json_schema      0.8 / 7.6                            86 / 73
-    tool arguments   0.7 / 5.3                            99 / 70
+    grammar          compile ms (llguidance / xgrammar)   mask µs per token, p50 (llguidance / xgrammar)
+    json_object      0.5 / 3.5                            86 / 69
+    json_schema      0.8 / 4.8                            89 / 75
+    tool arguments   0.5 / 4.3                            94 / 125
 
-The mask costs the same to within ~20 µs per token either way, against ~60 ms for one decode step here
-(0.15%). What decides it: llguidance is one 3 MB wheel with no Python dependencies, while xgrammar requires
-`triton` on Linux x86_64 (a large wheel a CPU build of torch does not otherwise need); llguidance compiles a
-request's grammar 7-18x faster (it happens per request, before prefill); it never raises on a bad grammar or
-token but enters an error state we can check (so a step cannot kill the batch); and its Lark front end
-embeds JSON schemas (`%json`), which the tool-call format builds on.
+The mask costs about the same either way (within ~30 µs per token, neither always ahead), against ~60 ms
+for one decode step here (0.15%). What decides it: llguidance is one 3 MB wheel with no Python dependencies,
+while xgrammar requires `triton` on Linux x86_64 (a large wheel a CPU build of torch does not otherwise need);
+llguidance compiles a request's grammar 5-9x faster (it happens per request, before prefill); it never raises
+on a bad grammar or token but enters an error state we can check (so a step cannot kill the batch); and its
+Lark front end embeds JSON schemas (`%json`), which the tool-call format builds on.
 
 The pieces:
     `Constraint` (serving/engines/types.py)  what the request asked for: a JSON schema, any JSON object, or Lark
