@@ -11,6 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
+JSON_STYLE: dict[str, Any] = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+"""How constrained JSON is spaced (llguidance's JSON options): compact, as `json.dumps` spaces it and as the chat
+template renders tool calls; no free whitespace, on which a small model can spend its whole budget."""
+
 _SCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
 _SCHEMA_MAPS = ("properties", "$defs", "definitions", "patternProperties")
 _SCHEMA_ONE = ("items", "additionalItems", "not", "if", "then", "else")

@@ -26,12 +26,9 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
-from core.json_schemas import close_objects
+from core.json_schemas import JSON_STYLE, close_objects
 
 OPEN, CLOSE = "<tool_call>\n", "\n</tool_call>"
-JSON_STYLE = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
-"""Compact JSON, spaced as `json.dumps` spaces it (and as the template renders calls): a small model given free
-whitespace can spend its whole budget on newlines."""
 SEPARATOR = "\n"
 TEMPLATE_FILE = Path(__file__).with_name("chat_template.jinja")
 

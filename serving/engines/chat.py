@@ -21,7 +21,7 @@ start/stop). The parts live in `serving/engines/generation/`, one concern each, 
 (tests/code/test_chat_parts.py):
     batch.py        `Batch`: KV cache, mask (B, L), next tokens (B, 1) and rows as one value; `merge`, `select`
     forward.py      the two forwards on a `Batch` (`prefill`, `decode`) and `warm_up` through them
-    sampling.py     per-row chain of logits steps (grammar mask, temperature, top-p), seeded generator; argmax
+    sampling.py     per-row chain (grammar mask, penalties, temperature, top-p), seeded draws, logprobs; argmax
     grammar.py      constrained decoding (llguidance): a request's JSON schema or grammar as its mask step
     detokenizer.py  incremental detokenizer (prefix/read offsets) holding back stop-string prefixes and U+FFFD
     request.py      one request's state (`Request`: emit, timeouts) and the caller's `GenerationHandle`

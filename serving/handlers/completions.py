@@ -11,7 +11,7 @@ from typing import Any
 
 from core.errors import InvalidRequest, ModelNotFound
 from serving.handlers.base import CHAT, EventStream, RequestRecord
-from serving.handlers.chat import cancel_all, chat_pieces, collect_answer, merged_pieces, submit_n
+from serving.handlers.chat import Started, cancel_all, chat_pieces, merged_pieces, submit_n
 from serving.handlers.rag import AnswerPiece
 from serving.platform import Platform
 from serving.schemas import SamplingLimits, usage
@@ -65,10 +65,7 @@ class CompletionsHandler:
         )
         if req.stream:
             return EventStream(self._chunks(req, streams, echo), cancel_all(handles))
-        try:
-            results = [await collect_answer(s) for s in streams]
-        finally:
-            cancel_all(handles)()
+        results = await Started(streams, cancel_all(handles), "none").collect()
         choices = [
             CompletionChoice(
                 text=echo + text, index=i, finish_reason=last.finish_reason,  # type: ignore[arg-type]

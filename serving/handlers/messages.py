@@ -25,6 +25,7 @@ from serving.handlers.chat import ChatHandler, Started
 from serving.handlers.rag import AnswerPiece, RagAnswer
 from serving.handlers.tools import ToolCallReader
 from serving.platform import Platform
+from serving.schemas import new_id
 from serving.schemas.anthropic import (
     CitedSource,
     CountTokensRequest,
@@ -36,7 +37,6 @@ from serving.schemas.anthropic import (
     message_id,
     stop_reason,
 )
-from serving.schemas.tools import ToolCall
 
 
 class MessagesHandler:
@@ -60,8 +60,7 @@ class MessagesHandler:
         content, calls = parse(text) if started.choice != "none" else (text, [])
         if content:
             blocks.append(TextOut(text=content, citations=_citations(started.answer, last)))
-        blocks += [ToolUseOut(id=c.id, name=c.function.name, input=json.loads(c.function.arguments))
-                   for c in (ToolCall.of(x) for x in calls)]  # fmt: skip
+        blocks += [ToolUseOut(id=new_id("toolu"), name=c.name, input=json.loads(c.arguments)) for c in calls]
         return MessagesResponse(
             id=message_id(),
             model=req.model,

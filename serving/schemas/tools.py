@@ -102,15 +102,18 @@ def resolve_choice(
 
 
 def tool_constraint(tools: list[ToolDefinition], choice: ToolChoice, parallel: bool) -> Constraint | None:
-    """The grammar that holds the answer to the tool-call format (None: free text)."""
+    """The grammar that holds the answer to the tool-call format (None: free text). A malformed `parameters`
+    schema is refused when the engine compiles it, naming `tools` (serving/engines/generation/grammar.py).
+
+    Raises:
+        InvalidRequest: two tools share a name.
+    """
     functions = [Function(t.function.name, t.function.parameters or {}) for t in tools]
     seen: set[str] = set()
     for f in functions:
         if f.name in seen:
             raise InvalidRequest(f"two tools are named `{f.name}`", param="tools")
         seen.add(f.name)
-        if f.parameters and not isinstance(f.parameters.get("type", "object"), str | list):
-            raise InvalidRequest(f"tool `{f.name}` has a malformed `parameters` schema", param="tools")
     grammar = tool_grammar(functions, choice, parallel)
     return None if grammar is None else Constraint("lark", grammar, param="tools")
 

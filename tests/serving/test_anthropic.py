@@ -12,19 +12,11 @@ import jsonschema
 import pytest
 
 from tests.serving.conftest import API_KEYS, Server
+from tests.serving.tools import WEATHER_ANTHROPIC as WEATHER
 
 pytestmark = pytest.mark.slow
 
 ASK = [{"role": "user", "content": "What does json.dumps do?"}]
-WEATHER = {
-    "name": "get_weather",
-    "description": "The weather now in a city",
-    "input_schema": {
-        "type": "object",
-        "properties": {"city": {"type": "string", "maxLength": 20}, "unit": {"enum": ["celsius", "fahrenheit"]}},
-        "required": ["city", "unit"],
-    },
-}
 
 
 @pytest.fixture(scope="module")

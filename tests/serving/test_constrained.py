@@ -23,6 +23,7 @@ from serving.engines.chat import ChatEngine
 from serving.engines.generation.grammar import Grammars
 from serving.engines.generation.sampling import RowSampler, sample
 from serving.engines.types import Completion, Constraint, SamplingParams
+from tests.serving.tools import WEATHER_OPENAI
 
 # bounded (enum, maxLength, maxItems), so every answer completes well within max_tokens
 SCHEMA = {
@@ -156,27 +157,13 @@ def test_grammar_row_and_plain_greedy_rows_share_one_sample_call(chat_parts) -> 
     assert not bool(mask.allowed()[int(out[1])])  # the grammar moved on: an opening brace again is not allowed
 
 
-WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The weather now in a city",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string", "maxLength": 20}, "unit": {"enum": ["celsius", "fahrenheit"]}},
-            "required": ["city", "unit"],
-        },
-    },
-}
-
-
 def test_even_the_base_135m_model_makes_a_valid_call_when_the_tool_is_required(engine: ChatEngine) -> None:
     """`required` is a constraint: every answer is a call of a given tool with arguments its schema accepts,
     for greedy and sampled decoding alike (the base model has never seen the format)."""
     from core.tool_calls import Function, parse, tool_grammar
 
-    tools = [WEATHER_TOOL]
-    fn = Function("get_weather", WEATHER_TOOL["function"]["parameters"])  # type: ignore[index]
+    tools = [WEATHER_OPENAI]
+    fn = Function("get_weather", WEATHER_OPENAI["function"]["parameters"])  # type: ignore[index]
     grammar = tool_grammar([fn], "required", parallel=False)
     assert grammar is not None
     prompt = engine.encode_messages([{"role": "user", "content": "Is it raining in Oslo?"}], tools)

@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 
 from tests.serving.conftest import API_KEYS, Server
 from tests.serving.openai_spec import REQUIRED_CHUNK, SPEC, missing
+from tests.serving.tools import WEATHER_OPENAI as WEATHER
 
 pytestmark = pytest.mark.slow
 
@@ -133,19 +134,6 @@ def test_responses_carry_every_field_the_openai_spec_requires(http: httpx.Client
 
 # ---- tools -------------------------------------------------------------------------------------------
 
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The weather now in a city",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string", "maxLength": 20}, "unit": {"enum": ["celsius", "fahrenheit"]}},
-            "required": ["city", "unit"],
-            "additionalProperties": False,
-        },
-    },
-}
 TIME = {
     "type": "function",
     "function": {

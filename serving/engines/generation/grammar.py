@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from typing import Any
 
 import llguidance
 import llguidance.hf
@@ -45,17 +44,11 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from core.errors import InvalidRequest
-from core.json_schemas import close_objects
+from core.json_schemas import JSON_STYLE, close_objects
 from core.log import get_logger
 from serving.engines.types import Constraint
 
 log = get_logger(__name__)
-
-JSON_OPTIONS: dict[str, Any] = {
-    "whitespace_flexible": False,
-    "item_separator": ", ",
-    "key_separator": ": ",
-}
 
 
 class Grammars:
@@ -83,7 +76,7 @@ class Grammars:
                 schema = json.loads(source)
                 if not isinstance(schema, dict):
                     raise ValueError(f"got {type(schema).__name__}")
-                grammar = llguidance.LLMatcher.grammar_from_json_schema(close_objects(schema), defaults=JSON_OPTIONS)  # type: ignore[arg-type]
+                grammar = llguidance.LLMatcher.grammar_from_json_schema(close_objects(schema), defaults=JSON_STYLE)  # type: ignore[arg-type]
             except ValueError as e:
                 raise InvalidRequest(f"the JSON schema is not a JSON object: {e}", param=param) from None
         error = llguidance.LLMatcher.validate_grammar(grammar, self._tokenizer)
@@ -115,6 +108,7 @@ class GrammarMask:
     def __init__(self, matcher: llguidance.LLMatcher, eos_ids: list[int], vocab_size: int) -> None:
         self._m = matcher
         self._eos = torch.tensor(eos_ids, dtype=torch.long)
+        self._eos_set = set(eos_ids)
         self._vocab = vocab_size
         self._words = (vocab_size + 31) // 32
         self._buf = np.zeros(self._words, dtype=np.int32)
@@ -141,7 +135,7 @@ class GrammarMask:
 
     def accept(self, token: int) -> None:
         """Advance by the chosen token (an EOS ends the request: nothing to advance)."""
-        if token in self._eos.tolist():
+        if token in self._eos_set:
             return
         if not self._m.consume_token(token):
             log.error("grammar refused token %d: %s", token, self._m.get_error())
@@ -155,8 +149,3 @@ class GrammarMask:
         out = torch.zeros(self._vocab, dtype=torch.bool)
         out[self._eos] = True
         return out
-
-
-def json_schema_constraint(schema: dict[str, object]) -> Constraint:
-    """A `Constraint` for a JSON schema given as a dict."""
-    return Constraint("json_schema", json.dumps(schema))
