@@ -138,4 +138,4 @@ async def messages(body: MessagesRequest, request: Request) -> Response:
 
 @app.post("/messages/count_tokens", response_model=None)
 async def count_tokens(body: CountTokensRequest) -> Response:
-    return JSONResponse(handlers().messages.count_tokens(body))
+    return JSONResponse(await handlers().messages.count_tokens(body))

@@ -55,6 +55,27 @@ class RequestTimeout(ServingError):
     """The request's deadline passed (while queued, or while generating)."""
 
 
+class UpstreamUnavailable(ServingError):
+    """A hosted upstream model could not be reached, timed out or failed on its side: the gateway's 502."""
+
+
+class UpstreamRejected(ServingError):
+    """A hosted upstream model refused the request (a 4xx): passed on with its status, type and message."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        type: str | None = None,
+        param: str | None = None,
+        retry_after_s: int | None = None,
+    ) -> None:
+        super().__init__(message, param=param, retry_after_s=retry_after_s)
+        self.status = status
+        self.type = type
+
+
 class StartupError(RuntimeError):
     """The server cannot start (registry, cache or index mismatch); the message says what to fix."""
 

@@ -12,6 +12,27 @@ from pydantic import Field, model_validator
 
 from core.sections import Section
 
+LOCAL_MODELS = ("chat", "rag", "embedder", "reranker")
+"""The names the platform's own models are served under; an upstream may not take one."""
+
+
+class UpstreamParams(Section):
+    """A hosted model served under one of our names (`serving.upstreams`), through serving/handlers/upstream.py."""
+
+    dialect: Literal["openai", "anthropic"]
+    """The upstream's API: OpenAI's chat completions or Anthropic's Messages; either dialect is converted as needed."""
+    base_url: str = Field(pattern=r"^https?://")
+    """As its own SDK takes it: `https://api.openai.com/v1` (OpenAI-compatible servers: their `/v1` URL), or
+    `https://api.anthropic.com` (the SDK adds `/v1/messages`)."""
+    model: str = Field(min_length=1)
+    """The model's name upstream (e.g. `gpt-4o-mini`, `claude-sonnet-4-5`)."""
+    api_key_env: str | None = None
+    """The environment variable holding the upstream's key, read at start-up and never logged (None: no key)."""
+    timeout_s: float = Field(default=120.0, gt=0)
+    """Connect-and-read timeout of one upstream request."""
+    max_retries: int = Field(default=2, ge=0, le=10)
+    """Retries of a failed connection, 429 or 5xx before the request fails (the SDKs' backoff)."""
+
 
 class ServingParams(Section):
     """Serving knobs (`bentoml serve`); every one can be overridden by `SERVING_<NAME>` (serving/settings.py)."""
@@ -82,6 +103,16 @@ class ServingParams(Section):
     """CPU cores requested (`resources.cpu`)."""
     resources_memory: str | None = "4Gi"
     """Memory requested (`resources.memory`): both models, their KV cache and the batch buffers."""
+    upstreams: dict[str, UpstreamParams] = Field(default_factory=dict)
+    """Hosted models served under these names beside ours (listed in /v1/models, same limits and metrics);
+    `SERVING_UPSTREAMS` overrides them with a JSON object of the same shape."""
+
+    @model_validator(mode="after")
+    def _upstream_names_free(self) -> ServingParams:
+        taken = sorted(set(self.upstreams) & set(LOCAL_MODELS))
+        if taken:
+            raise ValueError(f"upstreams may not take the platform's own model names: {', '.join(taken)}")
+        return self
 
     @model_validator(mode="after")
     def _defaults_within_caps(self) -> ServingParams:

@@ -7,7 +7,7 @@ exception reaching the edge is a bug: 500 with a generic message (internals are 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from core.errors import (
@@ -21,6 +21,8 @@ from core.errors import (
     RequestTimeout,
     ServingError,
     Unauthorized,
+    UpstreamRejected,
+    UpstreamUnavailable,
 )
 
 
@@ -47,12 +49,20 @@ OPENAI_ERRORS: dict[type[ServingError], ErrorKind] = {
     QueueFull: ErrorKind(429, "rate_limit_error", "queue_full"),
     Overloaded: ErrorKind(503, "server_error", "overloaded"),
     RequestTimeout: ErrorKind(504, "timeout_error", "timeout"),
+    UpstreamUnavailable: ErrorKind(502, "upstream_error", "upstream_unavailable"),
+    UpstreamRejected: ErrorKind(400, "invalid_request_error", "upstream_rejected"),  # its status: see kind_of
 }
+# An upstream's 4xx keeps its status; its type, when the upstream named none, follows OpenAI's by status.
+OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error", 429: "rate_limit_error"}
 _BUG = ErrorKind(500, "server_error", None)
 
 
 def kind_of(exc: BaseException) -> ErrorKind:
-    """The table row for an exception (its closest listed class), or the generic 500 for anything else."""
+    """The table row for an exception (its closest listed class), or the generic 500 for anything else; an
+    upstream's refusal keeps the upstream's status."""
+    if isinstance(exc, UpstreamRejected):
+        kind = OPENAI_ERRORS[UpstreamRejected]
+        return replace(kind, status=exc.status, type=exc.type or OPENAI_TYPES.get(exc.status, kind.type))
     for cls in type(exc).__mro__:
         if cls in OPENAI_ERRORS:
             return OPENAI_ERRORS[cls]
@@ -86,6 +96,7 @@ ANTHROPIC_TYPES = {
     404: "not_found_error",
     413: "request_too_large",
     429: "rate_limit_error",
+    502: "api_error",
     503: "overloaded_error",
 }
 

@@ -10,9 +10,10 @@ Nothing else in `serving/` reads the environment.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -43,6 +44,8 @@ class Settings:
     """`LOG_LEVEL` for the `serving` and `core` loggers (BentoML leaves the root logger at WARNING)."""
     debug_step_delay_ms: float = 0.0
     """`SERVING_DEBUG_STEP_DELAY_MS`: test-only, every chat forward sleeps this long (`serving/faults.py`)."""
+    upstream_keys: dict[str, str] = field(default_factory=dict, repr=False)
+    """Each upstream's key, read from the variable its `api_key_env` names (kept out of repr and logs)."""
 
     def cache_root(self) -> Path:
         p = Path(self.serving.cache_dir)
@@ -90,6 +93,11 @@ def _overridden(section: S, names: Iterable[str], environ: dict[str, str], label
             continue
         if name == "api_keys":
             out[name] = tuple(k.strip() for k in raw.split(",") if k.strip())
+        elif name == "upstreams":
+            try:
+                out[name] = json.loads(raw) if raw.strip() else {}
+            except ValueError as e:
+                raise ConfigError(f"invalid {ENV_PREFIX}UPSTREAMS: not a JSON object ({e})") from None
         elif raw.strip().lower() in ("", "none", "null"):
             out[name] = None
         else:
@@ -99,6 +107,26 @@ def _overridden(section: S, names: Iterable[str], environ: dict[str, str], label
     except ValidationError as e:
         why = "; ".join(f"{ENV_PREFIX}{'.'.join(map(str, x['loc'])).upper()}: {x['msg']}" for x in e.errors())
         raise ConfigError(f"invalid {label} override: {why}") from None
+
+
+def upstream_keys(serving: ServingParams, environ: dict[str, str]) -> dict[str, str]:
+    """Each upstream's key from the environment variable its `api_key_env` names.
+
+    Raises:
+        ConfigError: a named variable is unset or empty (the upstream would answer every request with 401).
+    """
+    out = {}
+    for name, upstream in serving.upstreams.items():
+        if upstream.api_key_env is None:
+            continue
+        key = environ.get(upstream.api_key_env, "").strip()
+        if not key:
+            raise ConfigError(
+                f"upstream `{name}` takes its key from ${upstream.api_key_env}, which is not set: export it, or set "
+                f"serving.upstreams.{name}.api_key_env to null for an upstream without keys"
+            )
+        out[name] = key
+    return out
 
 
 def load_settings(params: Params | None = None, environ: dict[str, str] | None = None) -> Settings:
@@ -124,6 +152,7 @@ def load_settings(params: Params | None = None, environ: dict[str, str] | None =
     except ValueError:
         raise ConfigError("invalid SERVING_DEBUG_STEP_DELAY_MS: give milliseconds as a number") from None
     return Settings(
+        upstream_keys=upstream_keys(serving, env),
         serving=serving,
         index=index,
         chat_name=p.models.chat_name,

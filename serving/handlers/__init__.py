@@ -15,6 +15,7 @@ from serving.handlers.messages import MessagesHandler
 from serving.handlers.models import ModelsHandler
 from serving.handlers.rag import RagHandler
 from serving.handlers.retrieval import RetrievalHandler
+from serving.handlers.upstream import Upstreams
 from serving.platform import Platform
 from serving.schemas import SamplingLimits
 from serving.settings import Settings
@@ -39,13 +40,15 @@ class Handlers:
         limits = SamplingLimits.of(settings.serving)
         log_text = settings.serving.log_text
         rag = RagHandler(platform, limits)
-        chat = ChatHandler(platform, limits, log_text, rag)
+        s = settings.serving
+        upstreams = Upstreams.of(s.upstreams, settings.upstream_keys, s.chat_default_max_tokens)
+        chat = ChatHandler(platform, limits, log_text, rag, upstreams)
         return cls(
             chat=chat,
             embeddings=EmbeddingsHandler(platform),
             retrieval=RetrievalHandler(platform),
             rag=rag,
-            models=ModelsHandler(platform),
+            models=ModelsHandler(platform, upstreams),
             completions=CompletionsHandler(platform, limits),
             messages=MessagesHandler(
                 platform, chat, settings.serving.messages_temperature, settings.serving.messages_top_p

@@ -15,12 +15,13 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from core.errors import InvalidRequest, ModelNotFound
-from core.tool_calls import ToolChoice, parse
+from core.tool_calls import Call, ToolChoice, parse
 from serving.engines.chat import ChatEngine, GenerationHandle
 from serving.engines.types import SamplingParams, TokenLogprob
 from serving.handlers.base import CHAT, RAG, EventStream, RequestRecord
 from serving.handlers.rag import AnswerPiece, RagAnswer, RagHandler
 from serving.handlers.tools import ToolCallReader
+from serving.handlers.upstream import Upstreams
 from serving.platform import Platform
 from serving.schemas import (
     AssistantMessage,
@@ -58,20 +59,29 @@ class Started:
 
 
 class ChatHandler:
-    def __init__(self, platform: Platform, limits: SamplingLimits, log_text: bool, rag: RagHandler) -> None:
+    def __init__(
+        self, platform: Platform, limits: SamplingLimits, log_text: bool, rag: RagHandler, upstreams: Upstreams
+    ) -> None:
         self.platform = platform
         self.limits = limits
         self.log_text = log_text
         self.rag = rag
+        self.upstreams = upstreams
+        """Hosted models served under their own names (serving/handlers/upstream.py)."""
 
     async def start(self, req: ChatCompletionRequest, record: RequestRecord) -> Started:
         """Queue the generation(s) a request asks for: the dialect-free half of a chat request (the Anthropic
         Messages route converts its request and calls this too).
 
         Raises:
-            ModelNotFound: `model` is neither `chat` nor `rag`.
+            ModelNotFound: `model` is neither `chat`, `rag` nor an upstream's name.
             InvalidRequest / ContextLengthExceeded / QueueFull: see the schema's `to_sampling` and the engines.
+            UpstreamRejected / UpstreamUnavailable: an upstream model's refusal or failure.
         """
+        upstream = self.upstreams.get(req.model)
+        if upstream is not None:  # its own limits and checks apply; its calls arrive structured (choice `none`)
+            streams, cancel = await upstream.start(req, record)
+            return Started(streams, cancel, "none")
         params = req.to_sampling(self.limits)
         choice = req.tool_choice_in_effect() if req.tools else "none"
         if req.model == RAG:
@@ -87,7 +97,9 @@ class ChatHandler:
             started = Started([chat_pieces(h, record) for h in handles], cancel_all(handles), choice)
         else:
             raise ModelNotFound(
-                f"model `{req.model}` does not exist; use `chat` or `rag` (see /v1/models)", param="model"
+                f"model `{req.model}` does not exist; use {', '.join(f'`{m}`' for m in self.model_names())} "
+                "(see /v1/models)",
+                param="model",
             )
         if self.log_text:
             record.prompt = req.template_messages()[-1]["content"]
@@ -116,6 +128,13 @@ class ChatHandler:
         if answer is not None:
             out.sources, out.citations, out.abstained = answer.sources, last.citations or [], answer.abstained
         return out
+
+    def model_names(self) -> list[str]:
+        """What `model` may name here."""
+        return [CHAT, RAG, *self.upstreams]
+
+    def is_upstream(self, model: str) -> bool:
+        return model in self.upstreams
 
     @staticmethod
     def _rag_question(req: ChatCompletionRequest) -> str:
@@ -156,6 +175,7 @@ class ChatHandler:
         async for i, piece in merged_pieces(streams):
             reader = readers[i]
             content, calls = reader.push(piece.text)
+            calls += reader.add(piece.calls)
             if piece.finish_reason is not None:
                 content += reader.finish()
             lps = ChoiceLogprobs.of(piece.logprobs) if logprobs and piece.logprobs else None
@@ -183,24 +203,27 @@ def _choice(
 ) -> Choice:
     """One whole answer as a choice: its calls when it made any (`finish_reason: "tool_calls"`), else its text."""
     message, finish = AssistantMessage(content=text), last.finish_reason
-    if choice != "none":
-        content, calls = parse(text)
-        if calls:
-            message = AssistantMessage(content=content, tool_calls=[ToolCall.of(c) for c in calls])
-            finish = "tool_calls" if finish == "stop" else finish
+    content, calls = parse(text) if choice != "none" else (text, [])
+    calls += last.calls  # an upstream model's, structured
+    if calls:
+        message = AssistantMessage(content=content or None, tool_calls=[ToolCall.of(c) for c in calls])
+        finish = "tool_calls" if finish == "stop" else finish
     lps = ChoiceLogprobs.of(tokens) if logprobs else None
     return Choice(index=index, message=message, finish_reason=finish, logprobs=lps)  # type: ignore[arg-type]
 
 
 async def collect_answer(pieces: AsyncIterator[AnswerPiece]) -> tuple[str, AnswerPiece, list[TokenLogprob]]:
-    """A whole answer: its text, its last piece (finish reason, counts, citations) and its tokens' logprobs."""
+    """A whole answer: its text, its last piece (finish reason, counts, citations, and every structured call)
+    and its tokens' logprobs."""
     text, last = "", AnswerPiece("")
     tokens: list[TokenLogprob] = []
+    calls: list[Call] = []
     async for piece in pieces:
         text += piece.text
         tokens += piece.logprobs
+        calls += piece.calls
         last = piece
-    return text, last, tokens
+    return text, dataclasses.replace(last, calls=tuple(calls)), tokens
 
 
 async def merged_pieces(streams: list[AsyncIterator[AnswerPiece]]) -> AsyncIterator[tuple[int, AnswerPiece]]:

@@ -37,6 +37,7 @@ from serving.schemas.anthropic import (
     message_id,
     stop_reason,
 )
+from serving.schemas.upstream import anthropic_payload
 
 
 class MessagesHandler:
@@ -52,12 +53,15 @@ class MessagesHandler:
         Raises:
             what `ChatHandler.start` raises (the edge writes it in Anthropic's error shape).
         """
-        started = await self.chat.start(req.to_chat_request(self.temperature, self.top_p), record)
+        # an upstream model applies its own defaults to what the client left unset
+        defaults = (None, None) if self.chat.is_upstream(req.model) else (self.temperature, self.top_p)
+        started = await self.chat.start(req.to_chat_request(*defaults), record)
         if req.stream:
             return EventStream(self._events(req.model, started, record), started.cancel, dialect="anthropic")
         [(text, last, _)] = await started.collect()
         blocks: list[TextOut | ToolUseOut] = []
         content, calls = parse(text) if started.choice != "none" else (text, [])
+        calls += last.calls  # an upstream model's, structured
         if content:
             blocks.append(TextOut(text=content, citations=_citations(started.answer, last)))
         blocks += [ToolUseOut(id=new_id("toolu"), name=c.name, input=json.loads(c.arguments)) for c in calls]
@@ -70,9 +74,19 @@ class MessagesHandler:
             usage=Usage(input_tokens=last.prompt_tokens, output_tokens=last.completion_tokens),
         )
 
-    def count_tokens(self, req: CountTokensRequest) -> dict[str, int]:
-        """The prompt's tokens as the chat model would see them (tools included)."""
+    async def count_tokens(self, req: CountTokensRequest) -> dict[str, int]:
+        """The prompt's tokens as the chat model would see them (tools included); an Anthropic upstream counts its
+        own model's.
+
+        Raises:
+            InvalidRequest: an OpenAI-compatible upstream model (it cannot count ahead). Upstream errors.
+        """
         chat = req.as_messages_request().to_chat_request()
+        upstream = self.chat.upstreams.get(req.model)
+        if upstream is not None:
+            body = anthropic_payload(chat, upstream.params.model, 1)
+            kept = {k: v for k, v in body.items() if k in ("messages", "system", "tools", "tool_choice")}
+            return {"input_tokens": await upstream.count_tokens(kept)}
         prompt = self.platform.chat.encode_messages(chat.template_messages(), chat.template_tools())
         return {"input_tokens": len(prompt)}
 
@@ -90,6 +104,7 @@ class MessagesHandler:
         async for piece in stream:
             last = piece
             content, calls = reader.push(piece.text)
+            calls += reader.add(piece.calls)
             if piece.finish_reason is not None:
                 content += reader.finish()
             if content:

@@ -6,13 +6,15 @@ import time
 from typing import Any
 
 from serving.handlers.base import CHAT, EMBEDDER, RAG, RERANKER, RETRIEVAL
+from serving.handlers.upstream import Upstreams
 from serving.platform import Platform
 from serving.schemas import EngineStatus, ModelCard, ModelList, ServedVersion, StatusResponse
 
 
 class ModelsHandler:
-    def __init__(self, platform: Platform) -> None:
+    def __init__(self, platform: Platform, upstreams: Upstreams | None = None) -> None:
         self.platform = platform
+        self.upstreams = upstreams or Upstreams()
 
     def list(self) -> ModelList:
         p, now = self.platform, int(time.time())
@@ -24,7 +26,9 @@ class ModelsHandler:
                 ModelCard(id=RAG, created=now, version=f"chat:{chat_v},embedder:{emb_v},retrieval:{ret_v}"),
             ]
             + ([ModelCard(id=RERANKER, created=now, version=p.reranker_info.version)] if p.reranker_info else [])
-        )
+            + [ModelCard(id=n, created=now, owned_by=f"upstream:{u.params.dialect}", version=u.params.model)
+               for n, u in self.upstreams.items()]
+        )  # fmt: skip
 
     def status(self) -> StatusResponse:
         """Readiness with its reason, each engine's health and load, and the versions being served.

@@ -13,6 +13,7 @@ from typing import Any
 
 from core.citations import clean
 from core.retrieval_params import Mode
+from core.tool_calls import Call
 from serving.engines.rag import NOTHING_FOUND, RagRun
 from serving.engines.types import SamplingParams, TokenLogprob
 from serving.handlers.base import RAG, EventStream, RequestRecord
@@ -33,6 +34,8 @@ class AnswerPiece:
     """The plain chat model's tokens in this piece, when logprobs were asked."""
     stop_sequence: str | None = None
     """On the last piece of a plain chat answer: the stop string that ended it, if one did."""
+    calls: tuple[Call, ...] = ()
+    """Tool calls an upstream model made, already structured (ours write them as text: core/tool_calls.py)."""
 
 
 @dataclass

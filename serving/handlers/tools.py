@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from core.tool_calls import CLOSE, ToolChoice, parse
+from core.tool_calls import CLOSE, Call, ToolChoice, parse
 from serving.schemas.tools import ToolCall
 
 
@@ -41,6 +41,12 @@ class ToolCallReader:
             done += [ToolCall.of(c) for c in calls]
         self.calls += done
         return "", done
+
+    def add(self, calls: tuple[Call, ...]) -> list[ToolCall]:
+        """Calls that came structured (an upstream model's), numbered after those already read."""
+        done = [ToolCall.of(c) for c in calls]
+        self.calls += done
+        return done
 
     def finish(self) -> str:
         """What is left unsent (a call cut short by max_tokens): returned as content, never made into a call."""

@@ -109,11 +109,12 @@ class MessagesRequest(_Request):
     filter: dict[str, Any] | None = None
     min_score: float | None = None
 
-    def to_chat_request(self, temperature: float = 1.0, top_p: float = 1.0) -> ChatCompletionRequest:
+    def to_chat_request(self, temperature: float | None = 1.0, top_p: float | None = 1.0) -> ChatCompletionRequest:
         """The same request in the OpenAI dialect (validated as the OpenAI route validates it).
 
         Args:
-            temperature, top_p: what applies when the request sends none (`serving.messages_*`).
+            temperature, top_p: what applies when the request sends none (`serving.messages_*`); None leaves
+                them unset, as the client did (an upstream model then applies its own defaults).
 
         Raises:
             InvalidRequest: a `tool` choice without a name, or a tool_result that answers no tool_use.
@@ -128,13 +129,14 @@ class MessagesRequest(_Request):
             "model": self.model,
             "messages": messages,
             "max_tokens": self.max_tokens,
-            "temperature": temperature if self.temperature is None else self.temperature,
-            "top_p": top_p if self.top_p is None else self.top_p,
             "stop": self.stop_sequences or None,
             "stream": self.stream,
             "filter": self.filter,
             "min_score": self.min_score,
         }
+        for key, given, default in (("temperature", self.temperature, temperature), ("top_p", self.top_p, top_p)):
+            if given is not None or default is not None:
+                body[key] = default if given is None else given
         if self.tools:
             body["tools"] = [
                 {"type": "function", "function": {"name": t.name, "description": t.description,

@@ -1,0 +1,202 @@
+"""Hosted models behind our endpoint (`serving.upstreams`), tested with a second real `bentoml serve` as the
+gateway and the shared server as its upstream (no hosted API can be reached here): both SDKs, both upstream
+dialects, conversion between them, streaming, the upstream's key, 502 for an unreachable upstream and an
+upstream's 4xx passed on.
+
+    clients -> proxy (this module's server: upstreams `remote-*`) -> server (the shared one: `chat`)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+from serving.launch import ServerStartError, free_port, started_server
+from tests.conftest import project_env
+from tests.serving.conftest import API_KEYS, SERVER_ENV, STARTUP_TIMEOUT_S, Server
+from tests.serving.tools import WEATHER_ANTHROPIC, WEATHER_OPENAI
+
+pytestmark = pytest.mark.slow
+
+PROXY_KEY = "proxy-key"
+UPSTREAM_KEY = API_KEYS[1]  # the shared server's second key: the proxy must send it, and never log it
+ASK = [{"role": "user", "content": "What does json.dumps do?"}]
+
+
+@pytest.fixture(scope="module")
+def proxy(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    folder = tmp_path_factory.mktemp("proxy")
+    down = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    fast_fail = {"max_retries": 0, "timeout_s": 10}
+    upstreams = {
+        "remote-chat": {"dialect": "openai", "base_url": f"{server.url}/v1", "model": "chat",
+                        "api_key_env": "UPSTREAM_KEY"},
+        "remote-claude": {"dialect": "anthropic", "base_url": server.url, "model": "chat",
+                          "api_key_env": "UPSTREAM_KEY"},
+        "remote-wrong-key": {"dialect": "openai", "base_url": f"{server.url}/v1", "model": "chat",
+                             "api_key_env": "WRONG_KEY", **fast_fail},
+        "remote-down": {"dialect": "openai", "base_url": f"{down}/v1", "model": "chat", **fast_fail},
+        "remote-claude-down": {"dialect": "anthropic", "base_url": down, "model": "chat", **fast_fail},
+    }  # fmt: skip
+    env = {
+        **project_env(server.project), **SERVER_ENV, "BENTOML_HOME": str(folder / "bentoml-home"),
+        "SERVING_API_KEYS": PROXY_KEY, "SERVING_DEBUG_STEP_DELAY_MS": "0",
+        "SERVING_UPSTREAMS": json.dumps(upstreams), "UPSTREAM_KEY": UPSTREAM_KEY, "WRONG_KEY": "not-a-key",
+    }  # fmt: skip
+    log = folder / "bentoml.log"
+    try:
+        with started_server(server.project, log, env, timeout_s=STARTUP_TIMEOUT_S) as launched:
+            yield Server(launched.url, server.project, log)
+    except ServerStartError as e:
+        pytest.fail(str(e))
+
+
+@pytest.fixture(scope="module")
+def gpt(proxy: Server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{proxy.url}/v1", api_key=PROXY_KEY, max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def claude(proxy: Server) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=proxy.url, api_key=PROXY_KEY, max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def direct(server: Server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=API_KEYS[0], max_retries=0, timeout=120)
+
+
+def test_upstream_models_are_listed_beside_ours(gpt: openai.OpenAI) -> None:
+    models = {m.id: m for m in gpt.models.list()}
+    assert {"chat", "rag", "remote-chat", "remote-claude"} <= set(models)
+    assert models["remote-chat"].owned_by == "upstream:openai"
+    assert models["remote-claude"].owned_by == "upstream:anthropic"
+
+
+def test_openai_upstream_answers_as_the_model_itself_plain_and_streamed(
+    gpt: openai.OpenAI, direct: openai.OpenAI
+) -> None:
+    kw: Any = {"messages": ASK, "max_tokens": 12, "temperature": 0}
+    want = direct.chat.completions.create(model="chat", **kw)
+    got = gpt.chat.completions.create(model="remote-chat", **kw)
+    assert got.model == "remote-chat"
+    assert got.choices[0].message.content == want.choices[0].message.content
+    assert got.choices[0].finish_reason == want.choices[0].finish_reason
+    assert got.usage is not None and want.usage is not None
+    assert (got.usage.prompt_tokens, got.usage.completion_tokens) == (
+        want.usage.prompt_tokens,
+        want.usage.completion_tokens,
+    )
+    chunks = list(gpt.chat.completions.create(model="remote-chat", stream=True, **kw))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == want.choices[0].message.content
+
+
+def test_n_and_logprobs_pass_through(gpt: openai.OpenAI) -> None:
+    out = gpt.chat.completions.create(
+        model="remote-chat", messages=ASK, max_tokens=4, temperature=0.8, seed=3, n=2, logprobs=True, top_logprobs=2
+    )
+    assert [c.index for c in out.choices] == [0, 1]
+    for c in out.choices:
+        assert c.logprobs is not None and c.logprobs.content
+        assert all(len(t.top_logprobs) == 2 and t.logprob <= 0 for t in c.logprobs.content)
+    tokens = sum(len(c.logprobs.content or []) for c in out.choices if c.logprobs)
+    assert out.usage is not None and out.usage.completion_tokens == tokens
+
+
+def test_openai_client_calls_a_tool_through_an_anthropic_upstream(gpt: openai.OpenAI) -> None:
+    kw: Any = {
+        "model": "remote-claude", "messages": [{"role": "user", "content": "Weather in Paris?"}],
+        "tools": [WEATHER_OPENAI], "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+        "max_tokens": 48, "temperature": 0,
+    }  # fmt: skip
+    out = gpt.chat.completions.create(**kw)
+    [call] = out.choices[0].message.tool_calls or []
+    assert out.choices[0].finish_reason == "tool_calls"
+    assert call.function.name == "get_weather"  # type: ignore[union-attr]
+    args = json.loads(call.function.arguments)  # type: ignore[union-attr]
+    assert set(args) == {"city", "unit"}
+    # the history goes back through the conversion: an assistant call and its tool result
+    history = [
+        *kw["messages"], out.choices[0].message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": "18 C and sunny"},
+    ]  # fmt: skip
+    answer = gpt.chat.completions.create(**{**kw, "messages": history, "tool_choice": "none", "max_tokens": 8})
+    assert answer.choices[0].message.content and not answer.choices[0].message.tool_calls
+    streamed = list(gpt.chat.completions.create(**kw, stream=True))
+    deltas = [tc for c in streamed if c.choices for tc in c.choices[0].delta.tool_calls or []]
+    assert [d.function.name for d in deltas] == ["get_weather"]  # type: ignore[union-attr]
+    assert json.loads(deltas[0].function.arguments) == args  # type: ignore[union-attr,arg-type]
+    assert [c.choices[0].finish_reason for c in streamed if c.choices and c.choices[0].finish_reason] == ["tool_calls"]
+
+
+def test_anthropic_client_through_an_openai_upstream(claude: anthropic.Anthropic, server: Server) -> None:
+    # greedy on both paths: the shared server's /v1/messages defaults to temperature 0 (SERVER_ENV); through the
+    # proxy the client's own temperature goes upstream (today's SDK sends one only through extra_body)
+    want = httpx.post(
+        f"{server.url}/v1/messages", headers={"x-api-key": API_KEYS[0]}, timeout=120,
+        json={"model": "chat", "messages": ASK, "max_tokens": 12, "system": "Be brief."},
+    ).json()  # fmt: skip
+    kw: Any = {"messages": ASK, "max_tokens": 12, "system": "Be brief.", "extra_body": {"temperature": 0}}
+    out = claude.messages.create(model="remote-chat", **kw)
+    assert out.content[0].type == "text" and out.content[0].text == want["content"][0]["text"]
+    assert out.stop_reason == want["stop_reason"] and out.usage.output_tokens == want["usage"]["output_tokens"]
+    with claude.messages.stream(model="remote-chat", **kw) as stream:
+        assert "".join(stream.text_stream) == want["content"][0]["text"]
+    tool = WEATHER_ANTHROPIC
+    used = claude.messages.create(
+        model="remote-chat", messages=[{"role": "user", "content": "Weather in Rome?"}], max_tokens=48,
+        tools=[tool], tool_choice={"type": "any"}, extra_body={"temperature": 0},  # type: ignore[list-item]
+    )  # fmt: skip
+    assert used.stop_reason == "tool_use"
+    [block] = [b for b in used.content if b.type == "tool_use"]
+    assert block.name == "get_weather" and set(block.input) == {"city", "unit"}  # type: ignore[union-attr,arg-type]
+
+
+def test_anthropic_upstream_streams_and_counts(claude: anthropic.Anthropic) -> None:
+    kw: Any = {"messages": ASK, "max_tokens": 10, "extra_body": {"temperature": 0}}
+    out = claude.messages.create(model="remote-claude", **kw)
+    with claude.messages.stream(model="remote-claude", **kw) as stream:
+        text = "".join(stream.text_stream)
+    assert text == out.content[0].text and out.stop_reason in ("end_turn", "max_tokens")  # type: ignore[union-attr]
+    assert claude.messages.count_tokens(model="remote-claude", messages=ASK).input_tokens == out.usage.input_tokens
+    with pytest.raises(anthropic.BadRequestError, match="cannot count tokens ahead"):
+        claude.messages.count_tokens(model="remote-chat", messages=ASK)
+
+
+def test_unreachable_upstream_is_a_502_naming_it_in_both_dialects(
+    gpt: openai.OpenAI, claude: anthropic.Anthropic, proxy: Server
+) -> None:
+    with pytest.raises(openai.APIStatusError) as caught:
+        gpt.chat.completions.create(model="remote-down", messages=ASK, max_tokens=4)
+    assert caught.value.status_code == 502
+    assert "remote-down" in caught.value.message and "could not be reached" in caught.value.message
+    with pytest.raises(anthropic.APIStatusError) as got:
+        claude.messages.create(model="remote-claude-down", messages=ASK, max_tokens=4)  # type: ignore[arg-type]
+    assert got.value.status_code == 502 and "remote-claude-down" in got.value.message
+    with pytest.raises(openai.APIStatusError, match="remote-down"):
+        list(gpt.chat.completions.create(model="remote-down", messages=ASK, max_tokens=4, stream=True))
+    metrics = httpx.get(f"{proxy.url}/metrics", timeout=30).text
+    assert 'route="/v1/chat/completions",status="502"' in metrics
+
+
+def test_upstream_refusals_are_passed_on(gpt: openai.OpenAI) -> None:
+    with pytest.raises(openai.AuthenticationError, match="remote-wrong-key"):
+        gpt.chat.completions.create(model="remote-wrong-key", messages=ASK, max_tokens=4)
+    with pytest.raises(openai.BadRequestError) as caught:  # over the upstream's own max_tokens cap
+        gpt.chat.completions.create(model="remote-chat", messages=ASK, max_tokens=100_000)
+    assert "max_tokens" in caught.value.message and caught.value.param == "max_tokens"  # type: ignore[attr-defined]
+    with pytest.raises(openai.BadRequestError) as missing:  # Anthropic's API has no `n`: said, not ignored
+        gpt.chat.completions.create(model="remote-claude", messages=ASK, max_tokens=4, n=2)
+    assert "`n`" in missing.value.message
+
+
+def test_the_upstream_key_is_sent_and_never_logged(gpt: openai.OpenAI, proxy: Server) -> None:
+    # the shared server refuses requests without one of its keys, so every answer above proves it was sent
+    gpt.chat.completions.create(model="remote-chat", messages=ASK, max_tokens=2)
+    assert UPSTREAM_KEY not in proxy.log.read_text()
