@@ -35,6 +35,9 @@ from serving.settings import load_settings, service_resources
 
 SETTINGS = load_settings()
 app = create_app(SETTINGS, on_request=record_request)
+# vLLM serves /tokenize and /detokenize at the root, not under /v1: the same handlers, mounted there too
+# (BentoML's PassiveMount matches only these two paths, so /readyz, /metrics and the rest stay BentoML's).
+root_app = create_app(SETTINGS, on_request=record_request)
 
 
 @bentoml.service(
@@ -51,6 +54,7 @@ app = create_app(SETTINGS, on_request=record_request)
     traffic={"timeout": int(SETTINGS.serving.request_timeout_s) + 30},
 )
 @bentoml.asgi_app(app, path="/v1")
+@bentoml.asgi_app(root_app, path="/")
 class ModelPlatform:
     def __init__(self) -> None:
         # BentoML leaves the root logger at WARNING; our per-request and start-up lines are INFO.
@@ -119,11 +123,13 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
 
 
 @app.post("/tokenize", response_model=None)
+@root_app.post("/tokenize", response_model=None)
 async def tokenize(body: TokenizeRequest) -> Response:
     return respond(handlers().completions.tokenize(body))
 
 
 @app.post("/detokenize", response_model=None)
+@root_app.post("/detokenize", response_model=None)
 async def detokenize(body: DetokenizeRequest) -> Response:
     return respond(handlers().completions.detokenize(body))
 

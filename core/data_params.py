@@ -120,6 +120,8 @@ class DatasetParams(Section):
     documents (data/grounded.py)."""
     unanswerable_fraction: float = Field(default=0.15, ge=0, lt=1)
     """Share of chat examples given distractors only, answered with `core.prompts.NOT_IN_CONTEXT`."""
+    tool_fraction: float = Field(default=0.2, ge=0, lt=1)
+    """Share of the answerable chat training examples that teach the tool-call format (data/grounded.py)."""
 
 
 class QuestionParams(Section):

@@ -14,6 +14,7 @@ seeded sha256 of a stable key, so the files are byte-identical across runs and m
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Iterable
 
 import polars as pl
@@ -140,19 +141,21 @@ def build_datasets(
     # imported here: data.grounded takes `seeded_sample` / `stable_unit` from this module
     from data.grounded import grounded_examples
 
-    def chat(questions: pl.DataFrame, side: pl.DataFrame, cap: int) -> pl.DataFrame:
+    def chat(questions: pl.DataFrame, side: pl.DataFrame, cap: int, tool_fraction: float) -> pl.DataFrame:
         # chunks.parquet is of the unmasked documents: the passage holding a question's sentence is in it
         return grounded_examples(
             questions.filter(pl.col("doc_id").is_in(side["doc_id"].unique().to_list())),
-            side, cfg.chat_passages, cfg.unanswerable_fraction, cap, seed, params.retrieval.stemmer,
+            side, cfg.chat_passages, cfg.unanswerable_fraction, cap, seed, params.retrieval.stemmer, tool_fraction,
         )  # fmt: skip
 
     return {
         "embed_train": embed_train,
         "embed_eval_queries": queries,
         "embed_eval_corpus": held.select("chunk_id", "text"),
-        "chat_train": chat(train_questions, train, cfg.max_chat_train),
-        "chat_eval": chat(eval_questions, held, cfg.max_chat_eval),
+        "chat_train": chat(train_questions, train, cfg.max_chat_train, cfg.tool_fraction),
+        # held out as RAG examples only: the gate's loss compares like with like; evaluation asks for tool calls
+        # with the same questions (evaluation/chat_quality.py `tool_call_rate`)
+        "chat_eval": chat(eval_questions, held, cfg.max_chat_eval, 0.0),
     }
 
 
@@ -168,6 +171,7 @@ def dataset_stats(chunks_df: pl.DataFrame, frames: dict[str, pl.DataFrame], para
             "eval": int(chunks_df["doc_id"].is_in(eval_ids).sum()),
         },
         "chat_unanswerable": {name: int((~frames[name]["answerable"]).sum()) for name in ("chat_train", "chat_eval")},
+        "chat_train_formats": dict(sorted(Counter(frames["chat_train"]["format"].to_list()).items())),
         "seed": params.seed,
         "eval_fraction": cfg.eval_fraction,
     }

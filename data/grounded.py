@@ -26,6 +26,11 @@ Why each choice:
   declarative question is its sentence); the citation is what core/citations.py parses.
 - A fraction of examples get distractors only and answer `NOT_IN_CONTEXT`: the system prompt's "if the
   context does not contain the answer, say so", with one fixed sentence so evaluation can count it.
+- A fraction of the answerable training examples (`tool_fraction`) teach the tool-call format instead
+  (core/prompts.py `example_prompt`): half are the question with tools offered, answered by a `search_docs`
+  call in core/tool_calls.py's format; half are the same after that call, its result being the numbered
+  passages, answered as a RAG answer is. SmolLM2 knows no tool format, so without these the model can call a
+  tool only where the grammar forces it (`tool_choice: required`), never of its own accord (`auto`).
 
 Every choice is a seeded sha256 of the question id (`data.datasets.stable_unit`), so files are
 byte-identical across runs.
@@ -40,14 +45,15 @@ from collections.abc import Iterator
 import polars as pl
 
 from core.lexical import LexicalIndex
-from core.prompts import NOT_IN_CONTEXT
+from core.prompts import NOT_IN_CONTEXT, ExampleFormat
 from data.datasets import seeded_sample, stable_unit
 
 SCHEMA = pl.Schema({
     "query_id": pl.String(), "question": pl.String(), "contexts": pl.List(pl.String()), "answer": pl.String(),
-    "doc_id": pl.String(), "chunk_id": pl.String(), "answerable": pl.Boolean(),
+    "doc_id": pl.String(), "chunk_id": pl.String(), "answerable": pl.Boolean(), "format": pl.String(),
 })  # fmt: skip
-"""`chunk_id`: the chunk holding the answer (among `contexts` only when `answerable`)."""
+"""`chunk_id`: the chunk holding the answer (among `contexts` only when `answerable`); `format`: how the example
+is shown, `rag`, `tool_call` or `tool_answer` (core/prompts.py `ExampleFormat`)."""
 _MINE_DEPTH = 64
 """BM25 hits looked at per question for distractors (one per other document is kept)."""
 
@@ -141,6 +147,14 @@ def mine_distractors(
     return out
 
 
+def example_format(query_id: str, answerable: bool, tool_fraction: float, seed: int) -> ExampleFormat:
+    """`tool_call` or `tool_answer` for a seeded `tool_fraction` of the answerable examples (half each), else `rag`."""
+    u = stable_unit(seed, f"format:{query_id}")
+    if not answerable or u >= tool_fraction:
+        return "rag"
+    return "tool_call" if u < tool_fraction / 2 else "tool_answer"
+
+
 def grounded_examples(
     questions: pl.DataFrame,
     chunks: pl.DataFrame,
@@ -149,6 +163,7 @@ def grounded_examples(
     cap: int,
     seed: int,
     stemmer: str = "english",
+    tool_fraction: float = 0.0,
 ) -> pl.DataFrame:
     """Question -> grounded, cited answer examples (see the module docstring).
 
@@ -160,6 +175,7 @@ def grounded_examples(
         cap: examples at most (a seeded sample of the questions that have a right passage).
         seed: the project seed.
         stemmer: BM25 stemmer for mining distractors (`retrieval.stemmer`).
+        tool_fraction: share of the answerable examples shown as `tool_call` or `tool_answer` (half each).
 
     Returns:
         Columns as `SCHEMA`, sorted by query_id.
@@ -184,5 +200,6 @@ def grounded_examples(
             contexts.insert(at, text_of[r["chunk_id"]])
             answer = cite(with_next_sentence(r["sentence"], text_of[r["chunk_id"]]), at + 1)
         rows.append({"query_id": qid, "question": r["query"], "contexts": contexts, "answer": answer,
-                     "doc_id": r["doc_id"], "chunk_id": r["chunk_id"], "answerable": qid not in no_answer})  # fmt: skip
+                     "doc_id": r["doc_id"], "chunk_id": r["chunk_id"], "answerable": qid not in no_answer,
+                     "format": example_format(qid, qid not in no_answer, tool_fraction, seed)})  # fmt: skip
     return pl.DataFrame(rows, schema=SCHEMA)

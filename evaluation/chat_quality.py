@@ -3,7 +3,8 @@
 The examples (data/grounded.py) are a question over numbered passages with a grounded, cited reference
 answer (or `NOT_IN_CONTEXT` when no passage answers). Loss is the mean cross-entropy of the reference
 answer tokens given the prompt (the quantity the fine-tuning minimises). Answer quality is SQuAD-style
-token F1 between the greedy answer and the reference answer.
+token F1 between the greedy answer and the reference answer. evaluation/tool_use.py asks the same questions
+with tools offered.
 """
 
 from __future__ import annotations
@@ -71,15 +72,27 @@ def generate_answers(
 ) -> list[str]:
     """Greedy answers to `questions`, each over its own numbered passages (`contexts[i]`, a list), in the
     prompt serving sends (core/prompts.py `rag_messages`); batched with left padding."""
+    prompts = [
+        str(tok.apply_chat_template(rag_messages(q, c), add_generation_prompt=True, tokenize=False))
+        for q, c in zip(questions, contexts, strict=True)
+    ]
+    return generate(model, tok, prompts, max_new_tokens, batch_size)
+
+
+def generate(
+    model: PreTrainedModel,
+    tok: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    max_new_tokens: int,
+    batch_size: int = 8,
+) -> list[str]:
+    """Greedy continuations of rendered prompts, batched with left padding, stripped."""
     tok.padding_side = "left"
     answers: list[str] = []
     with torch.inference_mode():
-        for i in tqdm(range(0, len(questions), batch_size), desc="generate"):
-            prompts = [
-                tok.apply_chat_template(rag_messages(q, c), add_generation_prompt=True, tokenize=False)
-                for q, c in zip(questions[i : i + batch_size], contexts[i : i + batch_size], strict=True)
-            ]
-            enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+        for i in tqdm(range(0, len(prompts), batch_size), desc="generate"):
+            batch = list(prompts[i : i + batch_size])
+            enc = tok(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
             out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)  # type: ignore[operator]
             answers += tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
     return [a.strip() for a in answers]

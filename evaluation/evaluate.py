@@ -36,6 +36,7 @@ from core.tracking import log_heldout_metrics
 from evaluation.abstention import best_scores, choose_threshold
 from evaluation.chat_quality import answer_quality, heldout_loss
 from evaluation.retrieval import QuestionSet, retrieval_metrics
+from evaluation.tool_use import tool_use
 
 log = get_logger(__name__)
 
@@ -98,7 +99,8 @@ def evaluate_chats(p: Params) -> tuple[dict[str, dict[str, float]], dict[str, li
         model, tok = load_chat(src)
         m = heldout_loss(model, tok, loss_df, p.train_chat.max_length)
         quality, samples[name] = answer_quality(model, tok, gen_df, p.evaluate.max_new_tokens)
-        metrics[name] = m | quality
+        tools, samples[f"{name}_tool_use"] = tool_use(model, tok, gen_df, p.evaluate.max_new_tokens)
+        metrics[name] = m | quality | tools
         log.info("chat model=%s %s", name, " ".join(f"{k}={v}" for k, v in metrics[name].items()))
         del model
         gc.collect()

@@ -34,6 +34,7 @@ log = get_logger("serving.requests")
 KNOWN_ROUTES = (
     "/v1/chat/completions", "/v1/embeddings", "/v1/models", "/v1/search", "/v1/rag", "/v1/status", "/v1/rerank",
     "/v1/messages", "/v1/messages/count_tokens", "/v1/completions", "/v1/tokenize", "/v1/detokenize",
+    "/tokenize", "/detokenize",
 )  # fmt: skip
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 

@@ -1,8 +1,9 @@
 """Stage `train_chat`: LoRA fine-tuning of the chat base on the RAG instruction data, merged for serving.
 
 Each example is the serving RAG prompt (core/prompts.py) over its numbered passages (data/grounded.py),
-with the grounded, cited answer as the assistant turn. Only the answer tokens are trained on (prompt labels
-are -100).
+with the grounded, cited answer as the assistant turn; a fraction teach the tool-call format instead (a
+`search_docs` call, or the answer after its result: core/prompts.py `example_prompt`). Only the answer
+tokens are trained on (prompt labels are -100).
 The LoRA adapter is merged into the base before saving: MLflow's transformers flavour would
 otherwise store only the adapter plus a hub reference to the base, which we cannot reach offline.
 """
@@ -27,7 +28,8 @@ from core.config import Params, params
 from core.device import pick_device
 from core.io import write_json
 from core.log import get_logger
-from core.prompts import rag_messages
+from core.prompts import ExampleFormat, example_prompt, search_call
+from core.tool_calls import chat_template, render_call, template_for
 from core.tracking import lineage_tags, tracked_run
 from training.common import TrackerCallback, seed_everything, swap_dir, write_loss_plot
 
@@ -94,19 +96,33 @@ def cut_passage(tok: PreTrainedTokenizerBase, passage: str, n_tokens: int, answe
 
 
 def encode_example(
-    tok: PreTrainedTokenizerBase, question: str, passages: Sequence[str], answer: str, max_length: int
+    tok: PreTrainedTokenizerBase,
+    question: str,
+    passages: Sequence[str],
+    answer: str,
+    max_length: int,
+    fmt: ExampleFormat = "rag",
+    other_tool: int = 0,
 ) -> dict[str, list[int]]:
     """Token ids and labels for one example; passages are cut (never the answer) to fit `max_length`.
 
     The longest passages are cut first, down to a common length (`level_lengths`), from their end, except
     around the answer's own text (`cut_passage`); the answer is cut only when the prompt alone is too long.
+    A `tool_call` example's answer is the `search_docs` call (core/prompts.py `example_prompt` for the prompts),
+    kept whole even past `max_length` (its prompt, the tool list, is ~280 tokens and has nothing to cut).
     """
+    if fmt == "tool_call":
+        call = search_call(question)
+        answer = render_call(call["name"], call["arguments"])
     answer_ids = tok(answer + tok.eos_token, add_special_tokens=False)["input_ids"]
 
     def prompt_ids(ps: Sequence[str]) -> list[int]:
+        messages, offered = example_prompt(fmt, question, ps, other_tool)
+        tools: Any = offered
+        template = template_for(tok.chat_template) if tools else None
         # transformers 5 returns a BatchEncoding here (4.x returned a list of ids)
         enc = tok.apply_chat_template(
-            rag_messages(question, ps), add_generation_prompt=True, tokenize=True, return_dict=True
+            messages, tools=tools, chat_template=template, add_generation_prompt=True, tokenize=True, return_dict=True
         )
         return list(enc["input_ids"])  # type: ignore[index,arg-type,call-overload]
 
@@ -121,14 +137,18 @@ def encode_example(
         targets = level_lengths(lengths, overflow + 4)
         cut = [cut_passage(tok, p, n, answer) for p, n in zip(cut, targets, strict=True)]
         ids = prompt_ids(cut)
+    if fmt == "tool_call":  # no passages to shorten, and a cut call teaches a broken format: kept whole
+        max_length = max(max_length, len(ids) + len(answer_ids))
     answer_ids = answer_ids[: max(max_length - len(ids), 1)]
     return {"input_ids": ids + answer_ids, "labels": [IGNORE] * len(ids) + answer_ids}
 
 
 def encode_frame(tok: PreTrainedTokenizerBase, df: pl.DataFrame, max_length: int) -> list[dict[str, list[int]]]:
-    """`encode_example` for every row of a chat dataset (columns `question, contexts, answer`)."""
+    """`encode_example` for every row of a chat dataset (columns `question, contexts, answer`, and `format` where
+    the examples are not all RAG ones; the tool offered beside `search_docs` varies with the row)."""
     return [
-        encode_example(tok, r["question"], r["contexts"], r["answer"], max_length) for r in df.iter_rows(named=True)
+        encode_example(tok, r["question"], r["contexts"], r["answer"], max_length, r.get("format") or "rag", i)
+        for i, r in enumerate(df.iter_rows(named=True))
     ]
 
 
@@ -157,6 +177,10 @@ def train_chat(p: Params, base_dir: Path, train_file: Path, out_dir: Path) -> di
     seed_everything(p.seed)
     device = pick_device()
     tok = AutoTokenizer.from_pretrained(str(base_dir))
+    # The model is taught the project's tool format (core/chat_template.jinja); saved with the model, the
+    # template travels with every registered version, and serving renders with the model's own template.
+    # Conversations without tools render exactly as with SmolLM2's own template.
+    tok.chat_template = chat_template()
     # fp32 for training on every device here: LoRA on a 135M model is small enough, and this CPU
     # has no fast bf16 path.
     model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32).to(device)  # type: ignore[arg-type]

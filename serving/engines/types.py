@@ -25,6 +25,8 @@ class SamplingParams:
     temperature: float = 1.0
     """0 means greedy."""
     top_p: float = 1.0
+    top_k: int = 0
+    """Sample among the k most likely tokens only (0: all)."""
     stop: tuple[str, ...] = ()
     seed: int | None = None
     constraint: Constraint | None = None

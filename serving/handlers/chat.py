@@ -20,13 +20,14 @@ from serving.engines.chat import ChatEngine, GenerationHandle
 from serving.engines.types import SamplingParams, TokenLogprob
 from serving.handlers.base import CHAT, RAG, EventStream, RequestRecord
 from serving.handlers.rag import AnswerPiece, RagAnswer, RagHandler
-from serving.handlers.tools import ToolCallReader
+from serving.handlers.tools import ToolCallReader, openai_delta
 from serving.handlers.upstream import Upstreams
 from serving.platform import Platform
 from serving.schemas import (
     AssistantMessage,
     ChatCompletion,
     ChatCompletionChunk,
+    ChatCompletionChunkWithUsage,
     ChatCompletionRequest,
     Choice,
     ChoiceLogprobs,
@@ -36,7 +37,7 @@ from serving.schemas import (
     new_id,
     usage,
 )
-from serving.schemas.tools import ToolCall, ToolCallDelta
+from serving.schemas.tools import ToolCall
 
 
 @dataclass
@@ -157,6 +158,8 @@ class ChatHandler:
         logprobs: bool,
     ) -> AsyncIterator[ChatCompletionChunk]:
         cid, created = new_id("chatcmpl"), int(time.time())
+        # asked for usage: `usage: null` on every chunk but the last (OpenAI's shape); else no `usage` key at all
+        kind = ChatCompletionChunkWithUsage if include_usage else ChatCompletionChunk
         readers = [ToolCallReader(choice) for _ in streams]
         completion_tokens = [0] * len(streams)
         prompt_tokens = 0
@@ -165,7 +168,7 @@ class ChatHandler:
             index: int, delta: Delta, finish: str | None = None, lps: ChoiceLogprobs | None = None
         ) -> ChatCompletionChunk:
             one = ChunkChoice(index=index, delta=delta, finish_reason=finish, logprobs=lps)  # type: ignore[arg-type]
-            return ChatCompletionChunk(id=cid, created=created, model=model, choices=[one])
+            return kind(id=cid, created=created, model=model, choices=[one])
 
         for i in range(len(streams)):
             first = chunk(i, Delta(role="assistant", content=""))
@@ -174,16 +177,18 @@ class ChatHandler:
             yield first
         async for i, piece in merged_pieces(streams):
             reader = readers[i]
-            content, calls = reader.push(piece.text)
-            calls += reader.add(piece.calls)
+            content, events = reader.push(piece.text)
+            events += reader.add(piece.calls)
             if piece.finish_reason is not None:
-                content += reader.finish()
+                rest, more = reader.finish()
+                content, events = content + rest, events + more
             lps = ChoiceLogprobs.of(piece.logprobs) if logprobs and piece.logprobs else None
             if content or lps:
                 yield chunk(i, Delta(content=content), lps=lps)
-            base = len(reader.calls) - len(calls)  # calls are numbered across the whole answer
-            for k, call in enumerate(calls):
-                yield chunk(i, Delta(tool_calls=[ToolCallDelta.of(base + k, call)]))
+            for event in events:
+                delta = openai_delta(event)
+                if delta is not None:
+                    yield chunk(i, Delta(tool_calls=[delta]))
             if piece.finish_reason is None:
                 continue
             finish = "tool_calls" if reader.calls and piece.finish_reason == "stop" else piece.finish_reason

@@ -99,30 +99,37 @@ class MessagesHandler:
             "stop_reason": None, "stop_sequence": None, "usage": usage0,
         }  # fmt: skip
         yield {"type": "message_start", "message": msg}
-        index, text_open = 0, False
+        index, text_open, tool_open = 0, False, False
         last = AnswerPiece("")
         async for piece in stream:
             last = piece
-            content, calls = reader.push(piece.text)
-            calls += reader.add(piece.calls)
+            content, events = reader.push(piece.text)
+            events += reader.add(piece.calls)
             if piece.finish_reason is not None:
-                content += reader.finish()
+                rest, more = reader.finish()
+                content, events = content + rest, events + more
             if content:
                 if not text_open:
                     yield {"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}}
                     text_open = True
                 yield {"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": content}}
-            for call in calls:
-                if text_open:
+            for event in events:  # a call is a tool_use block: its input streams as input_json_delta fragments
+                if event.id is not None:
+                    if text_open:
+                        yield {"type": "content_block_stop", "index": index}
+                        index, text_open = index + 1, False
+                    start: dict[str, Any] = {"type": "tool_use", "id": event.id, "name": event.name, "input": {}}
+                    yield {"type": "content_block_start", "index": index, "content_block": start}
+                    tool_open = True
+                if event.arguments:
+                    delta = {"type": "input_json_delta", "partial_json": event.arguments}
+                    yield {"type": "content_block_delta", "index": index, "delta": delta}
+                if event.done:
                     yield {"type": "content_block_stop", "index": index}
-                    index, text_open = index + 1, False
-                start = {"type": "tool_use", "id": call.id, "name": call.function.name, "input": {}}
-                yield {"type": "content_block_start", "index": index, "content_block": start}
-                delta = {"type": "input_json_delta", "partial_json": call.function.arguments}
-                yield {"type": "content_block_delta", "index": index, "delta": delta}
-                yield {"type": "content_block_stop", "index": index}
-                index += 1
-        if text_open:
+                    index, tool_open = index + 1, False
+        if tool_open:  # cut short by max_tokens inside its arguments
+            yield {"type": "content_block_stop", "index": index}
+        elif text_open:
             cited = _citations(started.answer, last)
             if cited:
                 for c in cited:

@@ -11,12 +11,11 @@ shapes differ. Conversions:
     tool_choice auto / any / tool / none  -> auto / required / the named tool / none
                                              (`disable_parallel_tool_use` -> parallel_tool_calls false)
     output_config.format (json_schema)    -> response_format json_schema
-    stop_sequences, top_k                 -> stop, (top_k is accepted and ignored: see below)
+    stop_sequences, top_k                 -> stop, top-k sampling
 
 Today's `anthropic` SDK no longer sends sampling parameters; older clients send `temperature`, `top_p` and
-`top_k`, so they are accepted when present (defaults: `serving.messages_temperature` and `messages_top_p`).
-`top_k` sampling is not implemented by the engine: a request that sets it gets the same nucleus sampling
-as without (documented, not an error, because older SDKs send it by default).
+`top_k`, so they are applied when present (defaults: `serving.messages_temperature` and `messages_top_p`;
+no top-k).
 """
 
 from __future__ import annotations
@@ -149,7 +148,9 @@ class MessagesRequest(_Request):
         if self.output_config and self.output_config.format:
             schema = self.output_config.format.schema_
             body["response_format"] = {"type": "json_schema", "json_schema": {"name": "output", "schema": schema}}
-        return ChatCompletionRequest.model_validate(body)
+        out = ChatCompletionRequest.model_validate(body)
+        out._sample_top_k = self.top_k or 0
+        return out
 
 
 def _choice(c: ToolChoice) -> str | dict[str, Any]:

@@ -7,7 +7,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from core.errors import InvalidRequest
 from core.retrieval_params import Mode
@@ -138,6 +138,8 @@ class ChatCompletionRequest(_Request):
     """`model: "rag"` only: see SearchRequest.rerank."""
 
     _stops = field_validator("stop")(stop_strings)
+    _sample_top_k: int = PrivateAttr(default=0)
+    """Top-k sampling, set only by Anthropic's route (`top_k` here is RAG's passage count, sent by OpenAI clients)."""
 
     @model_validator(mode="after")
     def _supported(self) -> ChatCompletionRequest:
@@ -158,6 +160,7 @@ class ChatCompletionRequest(_Request):
             max_tokens=limits.max_new_tokens(self.requested_max_tokens()),
             temperature=self.temperature,
             top_p=self.top_p,
+            top_k=self._sample_top_k,
             stop=tuple(self.stop or ()),  # type: ignore[arg-type]
             seed=self.seed,
             constraint=self.constraint(),
@@ -292,7 +295,7 @@ class ChunkChoice(SpecModel):
     logprobs: ChoiceLogprobs | None = None
 
 
-class ChatCompletionChunk(BaseModel):
+class ChatCompletionChunk(SpecModel):
     id: str
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
     created: int
@@ -304,3 +307,10 @@ class ChatCompletionChunk(BaseModel):
     citations: list[int] | None = None
     """RAG only, on the chunk that carries the finish reason."""
     abstained: bool | None = None
+
+
+class ChatCompletionChunkWithUsage(ChatCompletionChunk):
+    """A chunk of a stream that asked for usage (`stream_options.include_usage`): OpenAI writes `usage: null` on
+    every chunk but the last, which carries the usage and no choices."""
+
+    nullable = ("usage",)

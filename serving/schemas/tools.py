@@ -64,17 +64,13 @@ class FunctionCallDelta(BaseModel):
 
 
 class ToolCallDelta(BaseModel):
-    """A streamed call (`ChatCompletionMessageToolCallChunk`): we send each call whole, once it is complete."""
+    """A streamed call (`ChatCompletionMessageToolCallChunk`): the first with id, type and name, then argument
+    fragments (serving/handlers/tools.py)."""
 
     index: int
     id: str | None = None
     type: Literal["function"] | None = None
     function: FunctionCallDelta | None = None
-
-    @classmethod
-    def of(cls, index: int, call: ToolCall) -> ToolCallDelta:
-        fn = FunctionCallDelta(name=call.function.name, arguments=call.function.arguments)
-        return cls(index=index, id=call.id, type="function", function=fn)
 
 
 def resolve_choice(

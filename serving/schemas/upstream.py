@@ -11,6 +11,7 @@ naming the field rather than a silently different answer:
     n > 1, logprobs, presence/frequency_penalty      -> 400 (Anthropic has no such thing)
     temperature above 1                              -> 400 (Anthropic's range is 0-1)
     seed                                             -> dropped (Anthropic samples without one; not reproducible)
+    an Anthropic client's top_k                      -> top_k (to an OpenAI upstream: dropped, OpenAI has none)
     system and developer messages                    -> `system`
     assistant tool_calls / tool messages             -> tool_use blocks / tool_result blocks in a user turn
     tool_choice auto / required / named / none       -> auto / any / tool / none (parallel_tool_calls false ->
@@ -91,6 +92,8 @@ def anthropic_payload(req: ChatCompletionRequest, model: str, default_max_tokens
         body["temperature"] = req.temperature
     if "top_p" in req.model_fields_set:
         body["top_p"] = req.top_p
+    if req._sample_top_k:  # an Anthropic client's top_k
+        body["top_k"] = req._sample_top_k
     if req.stop:
         body["stop_sequences"] = [req.stop] if isinstance(req.stop, str) else list(req.stop)
     if req.tools:

@@ -83,3 +83,11 @@ def test_errors_in_each_dialect() -> None:
     }
     assert "error" in to_error(InvalidRequest("x"), "/v1/chat/completions").body
     assert to_error(InvalidRequest("x"), "/v1/chat/completions").body["error"]["type"] == "invalid_request_error"
+
+
+def test_top_k_from_older_clients_is_applied() -> None:
+    from serving.schemas.base import SamplingLimits
+
+    limits = SamplingLimits(default_max_tokens=8, max_tokens=64)
+    assert _req(top_k=5, temperature=0.7).to_chat_request().to_sampling(limits).top_k == 5
+    assert _req().to_chat_request().to_sampling(limits).top_k == 0

@@ -72,3 +72,21 @@ def test_token_f1() -> None:
     assert token_f1("", "anything") == 0.0
     assert token_f1("dogs bark", "cats meow") == 0.0
     assert 0 < token_f1("the cat", "the cat sat on the mat") < 1
+
+
+def test_tool_examples_teach_the_call_format_and_answering_from_its_result(tok) -> None:  # type: ignore[no-untyped-def]
+    from core.tool_calls import chat_template, parse
+
+    tok.chat_template = chat_template()  # as train_chat sets it
+    q = "How do I read a file?"
+    call = encode_example(tok, q, ["unused"], "unused", max_length=128, fmt="tool_call", other_tool=1)
+    prompt = tok.decode([t for t, lab in zip(call["input_ids"], call["labels"], strict=True) if lab == IGNORE])
+    assert "<tools>" in prompt and '"search_docs"' in prompt and '"calculate"' in prompt and "unused" not in prompt
+    target = tok.decode([t for t in call["labels"] if t != IGNORE], skip_special_tokens=True)
+    _, [made] = parse(target)  # whole although the prompt alone is over max_length
+    assert made.name == "search_docs" and '"query": "How do I read a file?"' in made.arguments
+    answer = encode_example(tok, q, ["Use open(path).", "Other."], "Use open(path). [1]", 256, fmt="tool_answer")
+    prompt = tok.decode([t for t, lab in zip(answer["input_ids"], answer["labels"], strict=True) if lab == IGNORE])
+    assert "<tool_response>\n[1] Use open(path).\n\n[2] Other.\n</tool_response>" in prompt
+    assert prompt.count("<tool_call>\n{") == 1  # the call it answers after, in the history
+    assert tok.decode([t for t in answer["labels"] if t != IGNORE]).startswith("Use open(path). [1]")

@@ -19,7 +19,7 @@ from core.errors import QueueFull
 from serving.engines.generation.batch import Batch, left_pad
 from serving.engines.generation.detokenizer import IncrementalDetokenizer
 from serving.engines.generation.health import StepHealth
-from serving.engines.generation.sampling import GREEDY, RowSampler, Temperature, TopP, sample
+from serving.engines.generation.sampling import GREEDY, RowSampler, Temperature, TopK, TopP, sample
 from serving.engines.generation.waiting import WaitingQueue
 from serving.engines.types import SamplingParams
 
@@ -122,6 +122,15 @@ def test_top_p_keeps_the_smallest_set_reaching_p() -> None:
     shuffled = logits[[2, 0, 3, 1]]  # order in the vocabulary does not matter
     assert _support(TopP(0.7), shuffled) == {1, 3}
     draws = RowSampler.from_params(SamplingParams(4, temperature=1.0, top_p=0.7, seed=0))
+    assert {draws.pick(logits) for _ in range(200)} == {0, 1}
+
+
+def test_top_k_keeps_the_k_most_likely() -> None:
+    logits = PROBS.log()
+    assert _support(TopK(2), logits) == {0, 1}
+    assert _support(TopK(1), logits[[2, 0, 3, 1]]) == {1}
+    assert _support(TopK(99), logits) == set(range(len(PROBS)))
+    draws = RowSampler.from_params(SamplingParams(4, temperature=1.0, top_k=2, seed=0))
     assert {draws.pick(logits) for _ in range(200)} == {0, 1}
 
 

@@ -67,6 +67,7 @@ def test_build_datasets_shapes_and_caps(tmp_path: Path) -> None:
         "doc_id",
         "chunk_id",
         "answerable",
+        "format",
     ]
     assert frames["chat_train"].height == 4 and frames["chat_eval"].height == 1
     q = frames["embed_eval_queries"].row(0, named=True)

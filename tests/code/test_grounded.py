@@ -120,3 +120,14 @@ def test_the_reference_answer_adds_the_sentence_that_follows_in_the_source() -> 
         "It raises ValueError when the list is empty."  # a heading and code follow: nothing added
     )
     assert with_next_sentence("Not in the text at all.", text) == "Not in the text at all."
+
+
+def test_a_seeded_share_of_answerable_examples_teach_tool_calls() -> None:
+    chunks = _chunks()
+    df = grounded_examples(_questions(chunks), chunks, 3, 0.3, 100, seed=42, tool_fraction=0.5)
+    again = grounded_examples(_questions(chunks), chunks, 3, 0.3, 100, seed=42, tool_fraction=0.5)
+    assert df.equals(again)
+    formats = df["format"].to_list()
+    assert set(formats) == {"rag", "tool_call", "tool_answer"}
+    assert df.filter(~pl.col("answerable"))["format"].unique().to_list() == ["rag"]  # NOT_IN_CONTEXT stays RAG
+    assert grounded_examples(_questions(chunks), chunks, 3, 0.3, 100, seed=42)["format"].unique().to_list() == ["rag"]

@@ -12,7 +12,7 @@ from core.errors import InvalidRequest
 from core.tool_calls import CLOSE, Call, Function, chat_template, parse, render_call, template_for, tool_grammar
 from serving.engines.generation.grammar import Grammars
 from serving.engines.types import Constraint
-from serving.handlers.tools import ToolCallReader
+from serving.handlers.tools import ToolCallReader, openai_delta
 from serving.schemas import ChatCompletionRequest
 
 WEATHER = Function(
@@ -75,7 +75,7 @@ def test_tools_calls_and_results_render_in_the_format_the_grammar_holds(tok: Pre
     ]
     text = tok.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=True,
                                    chat_template=chat_template())  # fmt: skip
-    assert '<tools>\n{"type": "function", "function": {"name": "get_weather"' in text
+    assert '<tools>\n{"name": "get_weather", "parameters"' in text  # the function objects, compactly
     assert f"<|im_start|>assistant\n{PARIS}<|im_end|>" in text  # history calls look like what the model writes
     assert "<|im_start|>user\n<tool_response>\n18\n</tool_response><|im_end|>" in text
     assert text.endswith("<|im_start|>assistant\n")
@@ -125,22 +125,44 @@ def test_parse_reads_calls_and_never_makes_one_up() -> None:
     )  # the whole one kept
 
 
-def test_the_stream_reader_sends_text_as_content_and_each_call_whole() -> None:
+def test_the_stream_reader_streams_calls_as_openai_does() -> None:
     two = PARIS + "\n" + render_call("get_time", {"zone": "CET"})
     reader = ToolCallReader("auto")
-    sent, calls = "", []
+    sent, events = "", []
     for ch in two:  # one character at a time: the worst split
-        content, done = reader.push(ch)
+        content, more = reader.push(ch)
         sent += content
-        calls += done
-    assert sent == "" and reader.finish() == ""
-    assert [c.function.name for c in calls] == ["get_weather", "get_time"]
-    assert json.loads(calls[0].function.arguments) == {"city": "Paris", "unit": "c"}
+        events += more
+    assert sent == "" and reader.finish() == ("", [])
+    starts = [e for e in events if e.id is not None]
+    assert [(e.index, e.name) for e in starts] == [(0, "get_weather"), (1, "get_time")]
+    assert len({e.id for e in starts}) == 2
+    args = ["".join(e.arguments for e in events if e.index == i) for i in (0, 1)]
+    assert [json.loads(a) for a in args] == [{"city": "Paris", "unit": "c"}, {"zone": "CET"}]
+    assert sum(1 for e in events if e.index == 0 and e.arguments) > 5  # in fragments, as the model writes them
+    assert [e.index for e in events if e.done] == [0, 1]
+    assert [c.function.arguments for c in reader.calls] == args
+    deltas = [openai_delta(e) for e in events]
+    first = deltas[0]
+    assert first is not None and first.id and first.type == "function" and first.function.name == "get_weather"  # type: ignore[union-attr]
+    assert all(d is None or d.id is None or d.function.name for d in deltas[1:])  # type: ignore[union-attr]
     text = ToolCallReader("auto")
     assert text.push("I")[0] == "I" and text.push(" think")[0] == " think"  # free text streams as it comes
+    header = ToolCallReader("required")
+    assert header.push(PARIS[:8]) == ("", []) and header.finish() == (PARIS[:8], [])  # no call began: content
     cut = ToolCallReader("required")
-    assert cut.push(PARIS[:20]) == ("", []) and cut.finish() == PARIS[:20]
+    _, begun = cut.push(PARIS[:60])
+    rest, end = cut.finish()  # max_tokens inside the arguments: what was written goes out as arguments
+    assert rest == "" and begun[0].name == "get_weather" and end[-1].done
+    assert "".join(e.arguments for e in begun + end) == PARIS[PARIS.index('"arguments": ') + 13 : 60]
     assert CLOSE.strip() in PARIS
+
+
+def test_a_call_in_another_shape_is_read_whole() -> None:
+    reader = ToolCallReader("required")
+    _, events = reader.push('<tool_call>\n{"arguments": {"city": "Oslo"}, "name": "get_weather"}\n</tool_call>')
+    [event] = events
+    assert event.name == "get_weather" and json.loads(event.arguments) == {"city": "Oslo"} and event.done
 
 
 def test_request_checks_name_the_field() -> None:
@@ -180,3 +202,15 @@ def test_objects_with_properties_are_closed_unless_the_schema_says() -> None:
     assert out["$defs"]["x"]["anyOf"][0]["additionalProperties"] is False
     assert "additionalProperties" not in close_objects({"type": "object"})  # any object stays any object
     assert "additionalProperties" not in schema  # a copy: the request's schema is not changed
+
+
+def test_evaluation_counts_only_one_whole_search_call() -> None:
+    from evaluation.tool_use import is_search_call
+
+    assert is_search_call(render_call("search_docs", {"query": "read a file"}))
+    assert not is_search_call(render_call("search_docs", {"q": "x"}))  # no `query`
+    assert not is_search_call(render_call("get_weather", {"city": "Oslo"}))
+    assert not is_search_call(
+        render_call("search_docs", {"query": "a"}) + "\n" + render_call("search_docs", {"query": "b"})
+    )
+    assert not is_search_call("The answer is in the docs.")

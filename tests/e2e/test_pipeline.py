@@ -73,6 +73,26 @@ def test_metrics_agree_across_dvc_the_plot_and_the_register_report(pipeline: Pat
         assert report["chat"][gate_field] == metrics["chat"][side]["eval_loss"]
     # LoRA on the held-out answers must lower their loss even after a few steps.
     assert metrics["chat"]["finetuned"]["eval_loss"] < metrics["chat"]["base"]["eval_loss"]
+    # tool use is measured for both (evaluation/tool_use.py)
+    for side in ("base", "finetuned"):
+        tools = metrics["chat"][side]
+        assert 0 <= tools["call_probability"] <= 1 and 0 <= tools["tool_call_rate"] <= 1
+        assert 0 <= tools["tool_answer_f1"] <= 1
+
+
+def test_the_chat_model_is_taught_and_carries_the_tool_format(pipeline: Path) -> None:
+    """A share of chat_train teaches tool calls; the trained model's tokenizer carries the project's template, so
+    every registered version renders tools as it was trained to (serving uses the model's own template)."""
+    import polars as pl
+    from transformers import AutoTokenizer
+
+    from core.tool_calls import chat_template
+
+    formats = pl.read_parquet(pipeline / "artifacts/datasets/chat_train.parquet")["format"].value_counts()
+    counts = dict(zip(formats["format"], formats["count"], strict=True))
+    assert counts.get("tool_call", 0) > 0 and counts.get("tool_answer", 0) > 0 and counts["rag"] > counts["tool_call"]
+    tok = AutoTokenizer.from_pretrained(str(pipeline / "artifacts/models/chat"))
+    assert tok.chat_template == chat_template()
 
 
 def test_held_out_questions_are_plain_language_about_held_out_documents(pipeline: Path) -> None:

@@ -130,6 +130,10 @@ def test_responses_carry_every_field_the_openai_spec_requires(http: httpx.Client
         chunks = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
     assert chunks and all(missing(c, REQUIRED_CHUNK) == [] for c in chunks), SPEC
     assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][:-1] == [None] * (len(chunks) - 2)
+    # include_usage: `usage: null` on every chunk, the totals on the last (which has no choices)
+    assert all("usage" in c and c["usage"] is None for c in chunks[:-1]) and chunks[-1]["usage"]["total_tokens"] > 0
+    with http.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as r:
+        assert not any('"usage"' in line for line in r.iter_lines())  # not asked: not written
 
 
 # ---- tools -------------------------------------------------------------------------------------------
@@ -210,6 +214,11 @@ def test_tool_calls_stream_in_openais_shape(client: OpenAI, http: httpx.Client) 
         finish = c.choices[0].finish_reason or finish
     assert plain and finish == "tool_calls"
     assert (names, args) == (plain[0].function.name, plain[0].function.arguments)
+    deltas = [d for c in chunks for d in c.choices[0].delta.tool_calls or []]
+    first, rest = deltas[0], deltas[1:]
+    assert first.id and first.type == "function" and first.function and first.function.name == "get_weather"
+    assert rest and all(d.id is None and d.function and not d.function.name for d in rest)  # then arguments alone
+    assert len(rest) > 2  # in fragments, as the model writes them
     with http.stream("POST", "/v1/chat/completions", json={**ask, "stream": True}) as r:
         raw = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
     assert all(missing(c, REQUIRED_CHUNK) == [] for c in raw), SPEC
@@ -338,6 +347,8 @@ def test_tokenize_and_detokenize_round_trip(http: httpx.Client) -> None:
     tok = http.post("/v1/tokenize", json={"model": "chat", "prompt": text, "add_special_tokens": False}).json()
     assert tok["count"] == len(tok["tokens"]) > 0 and tok["max_model_len"] > 0
     assert http.post("/v1/detokenize", json={"model": "chat", "tokens": tok["tokens"]}).json() == {"prompt": text}
+    assert http.post("/tokenize", json={"model": "chat", "prompt": text, "add_special_tokens": False}).json() == tok
+    assert http.post("/detokenize", json={"model": "chat", "tokens": tok["tokens"]}).json() == {"prompt": text}
     chat = http.post("/v1/tokenize", json={"model": "chat", "messages": ASK}).json()
     done = http.post("/v1/chat/completions", json={"model": "chat", "messages": ASK, "max_tokens": 1}).json()
     assert chat["count"] == done["usage"]["prompt_tokens"]  # what the chat route feeds the model

@@ -1,7 +1,7 @@
 """Choosing each row's next token: a per-row chain of logits steps, then argmax or a draw.
 
 A `LogitsStep` maps one row's (vocab,) float logits to new logits (-inf removes a token). A request's
-`RowSampler` holds its chain (a grammar's mask, presence/frequency penalties, temperature, top-p), its
+`RowSampler` holds its chain (a grammar's mask, presence/frequency penalties, temperature, top-k, top-p), its
 seeded `torch.Generator`, and whether it is greedy. Two steps keep state and are told each chosen token
 (`accept`): the grammar's mask (generation/grammar.py) and the penalties (counts of what was generated).
 When the request asked for logprobs, `pick` also records the chosen token's log-probability and the
@@ -40,6 +40,19 @@ class Temperature:
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         return logits / self.value
+
+
+@dataclass(frozen=True)
+class TopK:
+    """Keep the `k` most likely tokens (ties at the k-th logit are kept too)."""
+
+    k: int
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.k >= logits.shape[-1]:
+            return logits
+        kth = logits.topk(self.k).values[-1]
+        return logits.masked_fill(logits < kth, float("-inf"))
 
 
 @dataclass(frozen=True)
@@ -124,7 +137,7 @@ class RowSampler:
         cls, params: SamplingParams, device: torch.device | str = "cpu", grammar: GrammarMask | None = None
     ) -> RowSampler:
         """The chain for a request: the grammar's mask (if any), the penalties (if any), then greedy where
-        temperature is 0, else temperature then top-p.
+        temperature is 0, else temperature, top-k, top-p (vLLM's order).
 
         Args:
             params: the request's sampling parameters.
@@ -140,6 +153,8 @@ class RowSampler:
         if params.temperature <= 0:  # greedy: top_p and seed change nothing
             return cls(tuple(steps), grammar=grammar, penalties=penalties, logprobs=logprobs)
         steps.append(Temperature(params.temperature))
+        if params.top_k:
+            steps.append(TopK(params.top_k))
         if params.top_p < 1.0:
             steps.append(TopP(params.top_p))
         gen = None if params.seed is None else torch.Generator(device=device).manual_seed(params.seed)
