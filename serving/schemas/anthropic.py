@@ -251,9 +251,10 @@ def message_id() -> str:
 
 
 def stop_reason(finish: str | None, stop_sequence: str | None, called: bool) -> StopReason:
-    """OpenAI's finish reason as Anthropic's stop reason."""
-    if called:
-        return "tool_use"
+    """OpenAI's finish reason as Anthropic's stop reason: `max_tokens` first (also after calls: the last one may be
+    cut short, as Anthropic's API says), then `tool_use` when the answer called."""
     if finish == "length":
         return "max_tokens"
+    if called:
+        return "tool_use"
     return "stop_sequence" if stop_sequence else "end_turn"

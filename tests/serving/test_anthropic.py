@@ -70,9 +70,8 @@ def test_the_raw_event_sequence(server: Server) -> None:
 
 def test_tool_use_with_each_tool_choice_and_a_tool_result_round_trip(client: anthropic.Anthropic) -> None:
     ask: Any = [{"role": "user", "content": "Is it raining in Oslo?"}]
-    forced = client.messages.create(
-        model="chat", messages=ask, max_tokens=60, tools=[WEATHER], tool_choice={"type": "any"}
-    )
+    one: Any = {"type": "any", "disable_parallel_tool_use": True}  # one call: 60 tokens hold it whole
+    forced = client.messages.create(model="chat", messages=ask, max_tokens=60, tools=[WEATHER], tool_choice=one)
     assert forced.stop_reason == "tool_use"
     uses = [b for b in forced.content if b.type == "tool_use"]
     assert uses and uses[0].name == "get_weather"
@@ -97,11 +96,10 @@ def test_tool_use_with_each_tool_choice_and_a_tool_result_round_trip(client: ant
         model="chat", messages=history, max_tokens=30, tools=[WEATHER], tool_choice={"type": "none"}
     )
     assert final.content[0].type == "text" and final.stop_reason in ("end_turn", "max_tokens")
-    with client.messages.stream(
-        model="chat", messages=ask, max_tokens=60, tools=[WEATHER], tool_choice={"type": "any"}
-    ) as stream:
+    with client.messages.stream(model="chat", messages=ask, max_tokens=60, tools=[WEATHER], tool_choice=one) as stream:
         streamed = stream.get_final_message()
     assert [b.input for b in streamed.content if b.type == "tool_use"] == [u.input for u in uses]
+    assert streamed.stop_reason == forced.stop_reason
 
 
 def test_structured_output_through_output_config(client: anthropic.Anthropic) -> None:
