@@ -113,7 +113,7 @@ def test_openai_client_calls_a_tool_through_an_anthropic_upstream(gpt: openai.Op
     kw: Any = {
         "model": "remote-claude", "messages": [{"role": "user", "content": "Weather in Paris?"}],
         "tools": [WEATHER_OPENAI], "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
-        "max_tokens": 48, "temperature": 0,
+        "parallel_tool_calls": False, "max_tokens": 48, "temperature": 0,  # one call: 48 tokens hold it whole
     }  # fmt: skip
     out = gpt.chat.completions.create(**kw)
     [call] = out.choices[0].message.tool_calls or []
@@ -151,7 +151,7 @@ def test_anthropic_client_through_an_openai_upstream(claude: anthropic.Anthropic
     tool = WEATHER_ANTHROPIC
     used = claude.messages.create(
         model="remote-chat", messages=[{"role": "user", "content": "Weather in Rome?"}], max_tokens=48,
-        tools=[tool], tool_choice={"type": "any"}, extra_body={"temperature": 0},  # type: ignore[list-item]
+        tools=[tool], tool_choice={"type": "any", "disable_parallel_tool_use": True}, extra_body={"temperature": 0},
     )  # fmt: skip
     assert used.stop_reason == "tool_use"
     [block] = [b for b in used.content if b.type == "tool_use"]
