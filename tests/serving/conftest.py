@@ -15,11 +15,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 
+from core.loading import load_chat
+from serving.engines.chat import ChatEngine
 from serving.launch import ServerStartError, started_server
 from tests.conftest import project_env
 
@@ -79,3 +84,25 @@ def server(champion_project: Path, tmp_path_factory: pytest.TempPathFactory) -> 
             yield Server(launched.url, champion_project, log)
     except ServerStartError as e:
         pytest.fail(str(e))
+
+
+# ---- the chat engine in-process (engine tests: no server) ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def chat_parts(base_dir: Path) -> tuple[Any, Any]:
+    """The base chat model and its tokenizer on the CPU, once per module (a test may wrap the model's forward)."""
+    torch.manual_seed(0)
+    return load_chat(base_dir / "chat", device="cpu")
+
+
+@contextmanager
+def running_engine(chat_parts: tuple[Any, Any], **limits: Any) -> Iterator[ChatEngine]:
+    """A started ChatEngine over `chat_parts` with these limits (max_batch_size, max_queue, ...), stopped after."""
+    model, tok = chat_parts
+    engine = ChatEngine(model, tok, **limits)
+    engine.start()
+    try:
+        yield engine
+    finally:
+        engine.stop()

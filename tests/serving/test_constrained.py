@@ -11,18 +11,17 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import jsonschema
 import pytest
 import torch
 
 from core.errors import InvalidRequest
-from core.loading import load_chat
 from serving.engines.chat import ChatEngine
 from serving.engines.generation.grammar import Grammars
 from serving.engines.generation.sampling import RowSampler, sample
 from serving.engines.types import Completion, Constraint, SamplingParams
+from tests.serving.conftest import running_engine
 from tests.serving.tools import WEATHER_OPENAI
 
 # bounded (enum, maxLength, maxItems), so every answer completes well within max_tokens
@@ -42,17 +41,9 @@ ASK = [{"role": "user", "content": "Describe the Python programming language as 
 
 
 @pytest.fixture(scope="module")
-def chat_parts(base_dir: Path):  # type: ignore[no-untyped-def]
-    return load_chat(base_dir / "chat", device="cpu")
-
-
-@pytest.fixture(scope="module")
 def engine(chat_parts) -> Iterator[ChatEngine]:  # type: ignore[no-untyped-def]
-    model, tok = chat_parts
-    eng = ChatEngine(model, tok, max_batch_size=4, max_queue=16, max_context_tokens=512, timeout_s=120)
-    eng.start()
-    yield eng
-    eng.stop()
+    with running_engine(chat_parts, max_batch_size=4, max_queue=16, max_context_tokens=512, timeout_s=120) as eng:
+        yield eng
 
 
 async def _results(engine: ChatEngine, jobs: list[tuple[list[int], SamplingParams]]) -> list[Completion]:

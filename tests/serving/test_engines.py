@@ -17,7 +17,7 @@ from chromadb.config import Settings
 from core.errors import ContextLengthExceeded, InvalidRequest, Overloaded, QueueFull, RequestTimeout
 from core.fusion import reciprocal_rank_fusion
 from core.lexical import LexicalIndex
-from core.loading import load_chat, load_embedder, load_reranker
+from core.loading import load_embedder, load_reranker
 from core.retrieval_params import RetrievalParams
 from core.retrieval_unit import RetrievalConfig
 from serving.engines.chat import ChatEngine
@@ -29,6 +29,7 @@ from serving.engines.types import EngineObserver, SamplingParams
 from serving.faults import StepDelay
 from serving.platform import Platform
 from serving.registry import ServedModel
+from tests.serving.conftest import running_engine
 
 QUESTIONS = [
     "What is Python?",
@@ -38,19 +39,10 @@ QUESTIONS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def chat_parts(base_dir: Path):  # type: ignore[no-untyped-def]
-    torch.manual_seed(0)
-    return load_chat(base_dir / "chat", device="cpu")
-
-
 @pytest.fixture
 def engine(chat_parts) -> Iterator[ChatEngine]:  # type: ignore[no-untyped-def]
-    model, tok = chat_parts
-    eng = ChatEngine(model, tok, max_batch_size=3, max_queue=2, max_context_tokens=256, timeout_s=60)
-    eng.start()
-    yield eng
-    eng.stop()
+    with running_engine(chat_parts, max_batch_size=3, max_queue=2, max_context_tokens=256, timeout_s=60) as eng:
+        yield eng
 
 
 def _reference(chat_parts, prompt: list[int], max_new: int) -> str:  # type: ignore[no-untyped-def]

@@ -6,26 +6,22 @@ import asyncio
 import math
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import torch
 
-from core.loading import load_chat
 from serving.engines.chat import ChatEngine
 from serving.engines.generation.sampling import Logprobs, Penalties
 from serving.engines.types import Completion, SamplingParams
+from tests.serving.conftest import running_engine
 
 REPEAT = [{"role": "user", "content": "Write the word 'hello' many times."}]
 
 
 @pytest.fixture(scope="module")
-def engine(base_dir: Path) -> Iterator[ChatEngine]:
-    model, tok = load_chat(base_dir / "chat", device="cpu")
-    eng = ChatEngine(model, tok, max_batch_size=4, max_queue=8, max_context_tokens=512, timeout_s=120)
-    eng.start()
-    yield eng
-    eng.stop()
+def engine(chat_parts) -> Iterator[ChatEngine]:  # type: ignore[no-untyped-def]
+    with running_engine(chat_parts, max_batch_size=4, max_queue=8, max_context_tokens=512, timeout_s=120) as eng:
+        yield eng
 
 
 def _run(engine: ChatEngine, *jobs: tuple[list[int], SamplingParams]) -> list[Completion]:
