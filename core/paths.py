@@ -45,6 +45,8 @@ RERANKER_MODEL = ARTIFACTS / "models" / "reranker"
 TRAIN_RERANKER_METRICS = ARTIFACTS / "metrics" / "train_reranker.json"
 RERANKER_LOSS_PLOT = ARTIFACTS / "plots" / "reranker_loss.csv"
 CHAT_LOSS_PLOT = ARTIFACTS / "plots" / "chat_loss.csv"
+CHAT_INT8_MODEL = ARTIFACTS / "models" / "chat_int8"
+QUANTIZE_CHAT_METRICS = ARTIFACTS / "metrics" / "quantize_chat.json"
 
 EVAL_METRICS = ARTIFACTS / "metrics" / "evaluate.json"
 RECALL_PLOT = ARTIFACTS / "plots" / "recall_at_k.csv"

@@ -80,6 +80,8 @@ class VersionInfo:
     version: str
     run_id: str | None
     tags: dict[str, str] = field(default_factory=dict)
+    description: str = ""
+    """The version's model card (shown in the MLflow UI)."""
 
 
 class Registry:
@@ -130,7 +132,7 @@ class Registry:
                 f"(`MlflowClient().set_registered_model_alias('{name}', '{alias}', VERSION)`)"
             ),
         )
-        return VersionInfo(mv.name, str(mv.version), mv.run_id, dict(mv.tags or {}))
+        return VersionInfo(mv.name, str(mv.version), mv.run_id, dict(mv.tags or {}), mv.description or "")
 
     def download(self, name: str, version: str, dest: Path) -> Path:
         """Download version `version` of `name` (its MLflow model folder) into `dest`.
@@ -218,6 +220,21 @@ class Registry:
             set_all,
             not_found=lambda why: VersionNotFound(
                 f"cannot tag {_SCHEME}{name}/{version}: it does not exist in {self.uri} ({why})"
+            ),
+        )
+
+    def set_description(self, name: str, version: str, text: str) -> None:
+        """Set a version's description (its model card in the MLflow UI).
+
+        Raises:
+            VersionNotFound: `name` has no such version.
+            RegistryUnreachable: the registry cannot be reached.
+        """
+        self._call(
+            f"describing {_SCHEME}{name}/{version}",
+            lambda c: c.update_model_version(name, version, description=text),
+            not_found=lambda why: VersionNotFound(
+                f"cannot describe {_SCHEME}{name}/{version}: it does not exist in {self.uri} ({why})"
             ),
         )
 

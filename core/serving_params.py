@@ -39,6 +39,10 @@ class ServingParams(Section):
 
     chat_alias: str = "champion"
     """Registry alias served for `models.chat_name` (e.g. `challenger` to try a candidate)."""
+    chat_variant: Literal["float", "int8"] = "float"
+    """`int8` serves `models.chat_int8_name` at `chat_alias` instead: the int8 form of the float version that the
+    pipeline gated (stage `quantize_chat`; ~2-2.7x the float model's one-stream tokens/s on this CPU, CPU only).
+    `float` is the exact path (greedy answers equal `generate`) and the one a GPU runs."""
     embedder_alias: str = "champion"
     """Registry alias of `models.embedder_name` that the benchmarks load. The server embeds with the version its
     retrieval unit names instead (usually this one; the base model or the naive recipe's when they measured best)."""

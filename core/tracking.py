@@ -248,24 +248,38 @@ def log_retrieval_model(
     return str(info.model_uri)
 
 
-def log_reranker_model(model_dir: Path, pip_requirements: list[str]) -> str:
-    """Log a cross-encoder folder (training/reranker.py) into the active run as a pyfunc.
+def _log_folder_pyfunc(name: str, python_model: Any, folder: Path, example: Any, pip_requirements: list[str]) -> str:
+    """Log a model folder as the artifact `name` of a pyfunc (its loader reads the folder back), into the active run.
 
     Returns:
         The logged model's URI (`models:/<model_id>`), for `core.registry.Registry.register`.
     """
     import mlflow.pyfunc
 
-    from core.retrieval_unit import RerankerModel
-
     info = mlflow.pyfunc.log_model(
-        name="reranker",
-        python_model=RerankerModel(),
-        artifacts={"reranker": str(model_dir)},
-        input_example=[{"query": "How do I read a file?", "passage": "open() returns a file object."}],
+        name=name,
+        python_model=python_model,
+        artifacts={name: str(folder)},
+        input_example=example,
         pip_requirements=pip_requirements,
     )
     return str(info.model_uri)
+
+
+def log_reranker_model(model_dir: Path, pip_requirements: list[str]) -> str:
+    """Log a cross-encoder folder (training/reranker.py) into the active run as a pyfunc."""
+    from core.retrieval_unit import RerankerModel
+
+    example = [{"query": "How do I read a file?", "passage": "open() returns a file object."}]
+    return _log_folder_pyfunc("reranker", RerankerModel(), model_dir, example, pip_requirements)
+
+
+def log_int8_chat_model(model_dir: Path, pip_requirements: list[str]) -> str:
+    """Log an int8 chat folder (core/quantize.py `save_quantized`) into the active run as a pyfunc."""
+    from core.quantize import Int8ChatModel
+
+    example = [{"role": "user", "content": "What does json.dumps do?"}]
+    return _log_folder_pyfunc("chat_int8", Int8ChatModel(), model_dir, example, pip_requirements)
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:

@@ -48,6 +48,30 @@ def heldout_loss(
     return {"eval_loss": round(mean, 4), "perplexity": round(math.exp(mean), 3)}
 
 
+def top_token_agreement(
+    reference: PreTrainedModel,
+    candidate: PreTrainedModel,
+    tok: PreTrainedTokenizerBase,
+    df: pl.DataFrame,
+    max_length: int,
+    batch_size: int = 8,
+) -> float:
+    """Share of answer positions, teacher-forced on the reference answers of `df`, where `candidate` predicts the
+    same next token as `reference` (a quantised model against its float source)."""
+    examples = encode_frame(tok, df, max_length)
+    same, count = 0, 0
+    with torch.inference_mode():
+        for i in range(0, len(examples), batch_size):
+            batch = collate(tok, examples[i : i + batch_size])
+            inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+            answer = batch["labels"][:, 1:] != IGNORE  # (B, T-1): positions that predict an answer token
+            ref = reference(**inputs).logits[:, :-1].argmax(-1)  # (B, T-1)
+            cand = candidate(**inputs).logits[:, :-1].argmax(-1)
+            same += int(((ref == cand) & answer).sum())
+            count += int(answer.sum())
+    return round(same / max(count, 1), 4)
+
+
 def _tokens(text: str) -> list[str]:
     return re.findall(r"\w+", text.lower())
 

@@ -31,7 +31,7 @@ def free_port() -> int:
 class Launched:
     url: str
     pid: int
-    """The `bentoml serve` process; its workers are its descendants."""
+    """The server process (`bentoml serve`: its workers are its descendants)."""
 
 
 @contextmanager
@@ -56,28 +56,49 @@ def started_server(
     """
     port = free_port()
     bentoml = Path(sys.executable).parent / "bentoml"
+    argv = [str(bentoml), "serve", *([target] if target else []), "--host", "127.0.0.1", "--port", str(port)]
+    with started_process(argv, project, log, f"http://127.0.0.1:{port}", "/readyz", env, timeout_s) as launched:
+        yield launched
+
+
+@contextmanager
+def started_process(
+    argv: list[str],
+    cwd: Path,
+    log: Path,
+    url: str,
+    ready_path: str,
+    env: Mapping[str, str] | None = None,
+    timeout_s: float = 600,
+) -> Iterator[Launched]:
+    """Start any HTTP server (ours, or a benchmark peer), wait until `GET url + ready_path` answers 200, yield;
+    stop its whole process group on exit.
+
+    Raises:
+        ServerStartError: the process exited, or was not ready within `timeout_s`.
+    """
+    name = Path(argv[0]).name
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [str(bentoml), "serve", *([target] if target else []), "--host", "127.0.0.1", "--port", str(port)],
-            cwd=project,
+            argv,
+            cwd=cwd,
             env=dict(env) if env is not None else None,
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: the server and its workers stop together
         )
-    url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout_s
         while True:
             if proc.poll() is not None:
-                raise ServerStartError(f"bentoml serve exited with {proc.returncode}:\n{log.read_text()[-6000:]}")
+                raise ServerStartError(f"{name} exited with {proc.returncode}:\n{log.read_text()[-6000:]}")
             try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                if httpx.get(f"{url}{ready_path}", timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                raise ServerStartError(f"server not ready after {timeout_s:g}s:\n{log.read_text()[-6000:]}")
+                raise ServerStartError(f"{name} not ready after {timeout_s:g}s:\n{log.read_text()[-6000:]}")
             time.sleep(1)
         yield Launched(url, proc.pid)
     finally:

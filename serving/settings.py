@@ -155,7 +155,7 @@ def load_settings(params: Params | None = None, environ: dict[str, str] | None =
         upstream_keys=upstream_keys(serving, env),
         serving=serving,
         index=index,
-        chat_name=p.models.chat_name,
+        chat_name=p.models.chat_int8_name if serving.chat_variant == "int8" else p.models.chat_name,
         embedder_name=p.models.embedder_name,
         retrieval_name=p.models.retrieval_name,
         tracking_uri=uri,

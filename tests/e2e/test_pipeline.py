@@ -143,6 +143,12 @@ def test_register_report_names_the_numbers_and_moves_the_alias(pipeline: Path) -
         _names_the_numbers(r["reasons"], metrics[name]["finetuned"][metric], metrics[name]["base"][metric])
         assert r["previous_champion_version"] is None  # a fresh registry: nothing to compare with
         assert r["promote"] is True and r["champion_version"] == r["version"]
+    # the int8 form of the promoted chat version: registered (its gate passed) and champion with it
+    int8, quantized = report["chat_int8"], json.loads((pipeline / "artifacts/metrics/quantize_chat.json").read_text())
+    assert quantized["gate"]["passed"] is True and int8["reason"] == quantized["gate"]["reason"]
+    assert int8["source"] == f"chat/{report['chat']['version']}" and int8["champion_version"] == int8["version"]
+    assert quantized["float"]["eval_loss"] == metrics["chat"]["finetuned"]["eval_loss"]
+    assert 0.5 < quantized["top_token_agreement"] <= 1.0
 
 
 def test_retrieval_unit_is_the_best_measured_mode_and_in_the_registry(pipeline: Path) -> None:
@@ -338,6 +344,12 @@ def test_strict_gate_refuses_and_leaves_the_champion(pipeline: Path, strict_regi
     seen = json.loads(run([sys.executable, "-c", script], strict_register).stdout.strip().splitlines()[-1])
     for name in ("embedder", "chat"):
         assert seen[name] == {"champion": first[name]["version"], "decision": "promoted"}, seen
+    # the int8 variant of the refused chat version is registered (its own gate passed) but its alias stays on the
+    # int8 form of the chat champion that keeps serving
+    int8 = report["chat_int8"]
+    assert int8["source"] == f"chat/{report['chat']['version']}"
+    assert int(int8["version"]) == int(first["chat_int8"]["version"]) + 1
+    assert int8["champion_version"] == first["chat_int8"]["version"]
 
 
 def test_champions_load_in_a_fresh_process(pipeline: Path) -> None:
@@ -372,6 +384,16 @@ def test_champions_load_in_a_fresh_process(pipeline: Path) -> None:
                                       return_tensors="pt", return_dict=True)
         with torch.no_grad():
             chat_diff = float((model(**enc).logits - local_model(**enc).logits).abs().max())
+        # the int8 champion: its card says what it is, and it loads back to the pipeline's own int8 model's logits
+        int8_version = reg.describe("chat-int8", "champion")
+        assert int8_version.tags["variant"] == "int8", int8_version.tags
+        assert int8_version.tags["quantized_from"] == f"chat/{chat_version.version}", int8_version.tags
+        assert int8_version.description.startswith(f"int8 variant of chat/{chat_version.version} ("), int8_version
+        int8_model, _ = load_chat("models:/chat-int8@champion", device="cpu")
+        local_int8, _ = load_chat(paths.CHAT_INT8_MODEL, device="cpu")
+        with torch.no_grad():
+            int8_diff = float((int8_model(**enc).logits - local_int8(**enc).logits).abs().max())
+        assert int8_diff == 0.0, int8_diff
 
         active = read_active(chroma_client(params().index))
         assert active is not None and str(active.embedder_version) == emb_version.version, active

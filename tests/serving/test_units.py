@@ -59,6 +59,14 @@ def test_env_overrides_are_typed_and_validated() -> None:
         load_settings(load_params(ROOT / "params.yaml"), environ={"SERVING_CHAT_MAX_BATCH_SIZE": "zero"})
 
 
+def test_the_chat_variant_picks_the_registered_model_served() -> None:
+    p = load_params(ROOT / "params.yaml")
+    assert load_settings(p, environ={}).chat_name == p.models.chat_name
+    assert load_settings(p, environ={"SERVING_CHAT_VARIANT": "int8"}).chat_name == p.models.chat_int8_name
+    with pytest.raises(ConfigError, match="SERVING_CHAT_VARIANT"):
+        load_settings(p, environ={"SERVING_CHAT_VARIANT": "int4"})
+
+
 # ---- errors ----------------------------------------------------------------------------------------
 
 

@@ -1,7 +1,8 @@
 """Hosted models behind our endpoint (`serving.upstreams`), tested with a second real `bentoml serve` as the
 gateway and the shared server as its upstream (no hosted API can be reached here): both SDKs, both upstream
 dialects, conversion between them, streaming, the upstream's key, 502 for an unreachable upstream and an
-upstream's 4xx passed on.
+upstream's 4xx passed on. The gateway serves its own `chat` as the int8 variant (`SERVING_CHAT_VARIANT=int8`),
+so one extra server start covers that configuration too.
 
     clients -> proxy (this module's server: upstreams `remote-*`) -> server (the shared one: `chat`)
 """
@@ -9,6 +10,8 @@ upstream's 4xx passed on.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,7 +19,9 @@ import anthropic
 import httpx
 import openai
 import pytest
+import torch
 
+from core.loading import load_chat
 from serving.launch import ServerStartError, free_port, started_server
 from tests.conftest import project_env
 from tests.serving.conftest import API_KEYS, SERVER_ENV, STARTUP_TIMEOUT_S, Server
@@ -48,6 +53,7 @@ def proxy(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         **project_env(server.project), **SERVER_ENV, "BENTOML_HOME": str(folder / "bentoml-home"),
         "SERVING_API_KEYS": PROXY_KEY, "SERVING_DEBUG_STEP_DELAY_MS": "0",
         "SERVING_UPSTREAMS": json.dumps(upstreams), "UPSTREAM_KEY": UPSTREAM_KEY, "WRONG_KEY": "not-a-key",
+        "SERVING_CHAT_VARIANT": "int8",
     }  # fmt: skip
     log = folder / "bentoml.log"
     try:
@@ -95,6 +101,39 @@ def test_openai_upstream_answers_as_the_model_itself_plain_and_streamed(
     )
     chunks = list(gpt.chat.completions.create(model="remote-chat", stream=True, **kw))
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == want.choices[0].message.content
+
+
+def test_the_gateway_serves_the_int8_variant_of_the_same_champion(
+    gpt: openai.OpenAI, proxy: Server, server: Server
+) -> None:
+    """`SERVING_CHAT_VARIANT=int8`: the gateway's own `chat` is `chat-int8@champion`, the int8 form of the float
+    version the shared server serves, and its greedy answer is the int8 model's own `generate`."""
+    int8 = httpx.get(f"{proxy.url}/v1/status", headers={"Authorization": f"Bearer {PROXY_KEY}"}).json()
+    floating = httpx.get(f"{server.url}/v1/status", headers=server.headers).json()
+    assert int8["models"]["chat"]["name"] == "chat-int8" and floating["models"]["chat"]["name"] == "chat"
+    script = (
+        "import json\nfrom core.registry import Registry\nv = Registry().describe('chat-int8', 'champion')\n"
+        "print(json.dumps([v.version, v.tags['quantized_from']]))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=server.project,
+        env=project_env(server.project),
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    version, source = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert int8["models"]["chat"]["version"] == version and source == f"chat/{floating['models']['chat']['version']}"
+
+    answer = gpt.chat.completions.create(model="chat", messages=ASK, max_tokens=12, temperature=0)
+    model, tok = load_chat(server.project / "state/serving-cache/chat-int8" / version, device="cpu")
+    enc = tok.apply_chat_template(ASK, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.inference_mode():
+        out = model.generate(**enc, max_new_tokens=12, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert answer.choices[0].message.content == tok.decode(
+        out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True
+    )
 
 
 def test_n_and_logprobs_pass_through(gpt: openai.OpenAI) -> None:

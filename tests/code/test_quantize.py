@@ -1,0 +1,137 @@
+"""The int8 chat variant (core/quantize.py) on the real base model: smoothing changes nothing in float, the saved
+form loads back to the same logits at about half the size, the int8 model mostly picks the float model's next
+token, and what it cannot do (a GPU, another method) is refused with the reason."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from core.config import load_params
+from core.loading import load_chat
+from core.quantize import QUANT_FILE, WEIGHTS_FILE, activation_maxima, load_quantized, quantize, save_quantized, smooth
+from training.quantize_chat import gate
+
+PROMPTS = [
+    "Explain what a Python decorator is.",
+    "How do I read a file line by line?",
+    "What does json.dumps do?",
+    "Describe list comprehensions.",
+    "How do I sort a dictionary by value?",
+    "What is the difference between a list and a tuple?",
+]
+CALIBRATION = [
+    "How do I install a package with pip? Run pip install followed by the package name.",
+    "What is a virtual environment? An isolated folder with its own interpreter and packages.",
+]
+# measured on the base SmolLM2-135M with the default alpha 0.85 and down_proj in float: 0.90 (130 of 144 steps);
+# plain dynamic int8 on every Linear (no smoothing) scored 0.47 on the fine-tuned model's answers
+MIN_AGREEMENT = 0.8
+
+
+def _ids(tok: Any, text: str, chat: bool = True) -> torch.Tensor:
+    if chat:
+        enc: Any = tok.apply_chat_template(
+            [{"role": "user", "content": text}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
+        return enc["input_ids"]  # type: ignore[no-any-return]
+    return tok(text, return_tensors="pt")["input_ids"]  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def float_chat(base_dir: Path) -> tuple[Any, Any]:
+    return load_chat(base_dir / "chat", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def int8_folder(float_chat: tuple[Any, Any], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    model, tok = float_chat
+    model = copy.deepcopy(model)
+    smooth(model, activation_maxima(model, [_ids(tok, t, chat=False) for t in CALIBRATION]), 0.85)
+    modules = quantize(model, skip=("down_proj",))
+    assert modules and not any("down_proj" in m for m in modules)
+    folder = tmp_path_factory.mktemp("int8") / "chat_int8"
+    save_quantized(model, tok, folder, {"alpha": 0.85, "skip": ["down_proj"]})
+    return folder
+
+
+@pytest.fixture(scope="module")
+def references(float_chat: tuple[Any, Any]) -> list[tuple[torch.Tensor, int]]:
+    """The float model's greedy answers (prompt + 24 tokens), with where each answer starts."""
+    model, tok = float_chat
+    out = []
+    with torch.inference_mode():
+        for prompt in PROMPTS:
+            ids = _ids(tok, prompt)
+            full = model.generate(ids, max_new_tokens=24, do_sample=False, pad_token_id=tok.pad_token_id)
+            out.append((full, ids.shape[1]))
+    return out
+
+
+def test_smoothing_is_an_exact_rewrite_in_float(float_chat: tuple[Any, Any]) -> None:
+    model, tok = float_chat
+    smoothed = copy.deepcopy(model)
+    smooth(smoothed, activation_maxima(smoothed, [_ids(tok, t, chat=False) for t in CALIBRATION]), 0.85)
+    ids = _ids(tok, PROMPTS[0])
+    with torch.inference_mode():
+        before, after = model(ids).logits, smoothed(ids).logits
+    assert not torch.equal(model.model.layers[0].mlp.up_proj.weight, smoothed.model.layers[0].mlp.up_proj.weight)
+    torch.testing.assert_close(after, before, rtol=1e-3, atol=2e-3)
+
+
+def test_the_saved_form_loads_back_to_the_same_logits_at_about_half_the_size(int8_folder: Path, base_dir: Path) -> None:
+    card = json.loads((int8_folder / QUANT_FILE).read_text())
+    assert card["method"] == "smoothquant-dynamic-int8" and card["alpha"] == 0.85
+    assert len(card["modules"]) == 30 * 6 + 1  # q, k, v, o, gate, up per layer, and lm_head
+    size, float_size = (int8_folder / WEIGHTS_FILE).stat().st_size, (base_dir / "chat" / WEIGHTS_FILE).stat().st_size
+    assert size < 0.65 * float_size, (size, float_size)
+    # core.loading reads it like any chat model folder; a second load gives the very same numbers
+    model, tok = load_chat(int8_folder, device="cpu")
+    again, _ = load_quantized(int8_folder)
+    assert isinstance(model.model.layers[0].self_attn.q_proj, torch.ao.nn.quantized.dynamic.Linear)
+    assert isinstance(model.model.layers[0].mlp.down_proj, torch.nn.Linear)  # skipped: kept in float
+    assert tok.padding_side == "left" and model.generation_config.use_cache is True
+    ids = _ids(tok, PROMPTS[1])
+    with torch.inference_mode():
+        assert torch.equal(model(ids).logits, again(ids).logits)
+
+
+def test_int8_picks_the_float_models_next_token_on_most_steps(
+    int8_folder: Path, references: list[tuple[torch.Tensor, int]], float_chat: tuple[Any, Any]
+) -> None:
+    """Teacher-forced on the float model's greedy answers: the quantised path's answers are compared against
+    the float ones (same top token), with a threshold from measurement."""
+    reference, _ = float_chat
+    model, _ = load_chat(int8_folder, device="cpu")
+    same = total = 0
+    with torch.inference_mode():
+        for full, start in references:
+            want = reference(full).logits[0, start - 1 : -1].argmax(-1)
+            got = model(full).logits[0, start - 1 : -1].argmax(-1)
+            same, total = same + int((want == got).sum()), total + len(want)
+    assert same / total >= MIN_AGREEMENT, f"{same}/{total}"
+
+
+def test_an_int8_model_refuses_a_gpu_and_a_method_it_does_not_run(int8_folder: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"CPU only.*serving.chat_variant: float"):
+        load_chat(int8_folder, device="cuda")
+    other = tmp_path / "other"
+    other.mkdir()
+    card = json.loads((int8_folder / QUANT_FILE).read_text()) | {"method": "gptq-int4"}
+    (other / QUANT_FILE).write_text(json.dumps(card))
+    with pytest.raises(ValueError, match="gptq-int4"):
+        load_quantized(other)
+
+
+def test_the_gate_registers_only_under_the_loss_limit() -> None:
+    p = load_params()
+    limit = p.gate.int8_max_loss_increase
+    passed, reason = gate(p, 0.30, 0.30 + limit / 2)
+    assert passed and "0.3" in reason
+    passed, reason = gate(p, 0.30, 0.30 + limit)
+    assert not passed and "not registered" in reason and "quantize_chat.skip" in reason
