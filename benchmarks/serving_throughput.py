@@ -48,10 +48,12 @@ JSON_FORMAT = {
 
 
 async def _stream(
-    c: httpx.AsyncClient, url: str, i: int, max_tokens: int, constrained: bool = False
+    c: httpx.AsyncClient, url: str, i: int, max_tokens: int, constrained: bool = False, model: str = "chat"
 ) -> tuple[int, float]:
+    """One streamed greedy answer: (completion tokens, seconds to the first content). Tokens come from the final
+    usage chunk; a server that sends none (a peer) is counted one token per content delta."""
     body: dict[str, Any] = {
-        "model": "chat",
+        "model": model,
         "messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
         "max_tokens": max_tokens,
         "temperature": 0,
@@ -60,26 +62,30 @@ async def _stream(
     }
     if constrained:
         body["response_format"] = JSON_FORMAT
-    start, ttft, tokens = time.perf_counter(), None, 0
+    start, ttft, tokens, deltas = time.perf_counter(), None, 0, 0
     async with c.stream("POST", f"{url}/v1/chat/completions", json=body) as r:
         r.raise_for_status()
         async for line in r.aiter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             ev = json.loads(line[6:])
-            if ttft is None and ev.get("choices") and ev["choices"][0]["delta"].get("content"):
-                ttft = time.perf_counter() - start
+            if ev.get("choices") and ev["choices"][0].get("delta", {}).get("content"):
+                deltas += 1
+                ttft = ttft if ttft is not None else time.perf_counter() - start
             if ev.get("usage"):
                 tokens = ev["usage"]["completion_tokens"]
-    return tokens, ttft or 0.0
+    return tokens or deltas, ttft or 0.0
 
 
-async def chat(url: str, n: int, max_tokens: int, constrained_every: int = 0) -> dict[str, float]:
+async def chat(url: str, n: int, max_tokens: int, constrained_every: int = 0, model: str = "chat") -> dict[str, Any]:
     """`n` concurrent streams; with `constrained_every` k > 0, every k-th one is held to `JSON_FORMAT`."""
     async with httpx.AsyncClient(timeout=600) as c:
         start = time.perf_counter()
         res = await asyncio.gather(
-            *(_stream(c, url, i, max_tokens, bool(constrained_every) and i % constrained_every == 0) for i in range(n))
+            *(
+                _stream(c, url, i, max_tokens, bool(constrained_every) and i % constrained_every == 0, model)
+                for i in range(n)
+            )
         )
         wall = time.perf_counter() - start
     tokens = sum(t for t, _ in res)
@@ -89,6 +95,7 @@ async def chat(url: str, n: int, max_tokens: int, constrained_every: int = 0) ->
         "seconds": round(wall, 2),
         "tokens_per_s": round(tokens / wall, 1),
         "ttft_median_s": round(statistics.median(t for _, t in res), 2),
+        "ttfts_s": [round(t, 3) for _, t in res],
     }
 
 
@@ -166,6 +173,8 @@ def embed_wrk(url: str, n: int, seconds: float) -> dict[str, float]:
         "clients": n,
         "texts_per_s": float(fields["goodput"].removesuffix("/s")),
         "errors": int(fields["non2xx"]),
+        "p50_ms": round(float(fields["p50_us"]) / 1000, 1),
+        "p99_ms": round(float(fields["p99_us"]) / 1000, 1),
         "client": "wrk",
     }
 

