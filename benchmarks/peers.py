@@ -276,6 +276,14 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _save(fig: Any, ax: Any, path: Path) -> Path:
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
 def plots(report: dict[str, Any], folder: Path) -> list[Path]:
     import matplotlib
 
@@ -290,22 +298,14 @@ def plots(report: dict[str, Any], folder: Path) -> list[Path]:
     ax.set(xlabel="concurrent streams", ylabel="tokens/s (all streams)", xscale="log", xticks=CONCURRENCY,
            title=f"Chat throughput, {report['max_tokens']}-token greedy answers")  # fmt: skip
     ax.set_xticklabels([str(n) for n in CONCURRENCY])
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    made.append(folder / "throughput.png")
-    fig.savefig(made[-1], dpi=110)
+    made.append(_save(fig, ax, folder / "throughput.png"))
     fig, ax = plt.subplots(figsize=(6.4, 4))
     for name, r in report["chat"].items():
         if isinstance(r, dict):
             t = sorted(r["16"]["ttfts_s"])
             ax.step(t, [(i + 1) / len(t) for i in range(len(t))], where="post", label=name)
     ax.set(xlabel="time to first token (s)", ylabel="share of streams", title="TTFT at 16 concurrent streams")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    made.append(folder / "ttft_cdf.png")
-    fig.savefig(made[-1], dpi=110)
+    made.append(_save(fig, ax, folder / "ttft_cdf.png"))
     plt.close("all")
     return made
 

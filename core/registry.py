@@ -203,8 +203,9 @@ class Registry:
             raise self._translate(f"registering {model_uri} as {name!r}", e) from e
         return str(mv.version)
 
-    def tag(self, name: str, version: str, tags: Mapping[str, str]) -> None:
-        """Set tags on a version (e.g. the gate's decision and reasons).
+    def tag(self, name: str, version: str, tags: Mapping[str, str], description: str | None = None) -> None:
+        """Set tags on a version (e.g. the gate's decision and reasons), and its description (the model card the
+        MLflow UI shows) when one is given.
 
         Raises:
             VersionNotFound: `name` has no such version.
@@ -214,27 +215,14 @@ class Registry:
         def set_all(client: MlflowClient) -> None:
             for key, value in tags.items():
                 client.set_model_version_tag(name, version, key, value)
+            if description is not None:
+                client.update_model_version(name, version, description=description)
 
         self._call(
             f"tagging {_SCHEME}{name}/{version}",
             set_all,
             not_found=lambda why: VersionNotFound(
                 f"cannot tag {_SCHEME}{name}/{version}: it does not exist in {self.uri} ({why})"
-            ),
-        )
-
-    def set_description(self, name: str, version: str, text: str) -> None:
-        """Set a version's description (its model card in the MLflow UI).
-
-        Raises:
-            VersionNotFound: `name` has no such version.
-            RegistryUnreachable: the registry cannot be reached.
-        """
-        self._call(
-            f"describing {_SCHEME}{name}/{version}",
-            lambda c: c.update_model_version(name, version, description=text),
-            not_found=lambda why: VersionNotFound(
-                f"cannot describe {_SCHEME}{name}/{version}: it does not exist in {self.uri} ({why})"
             ),
         )
 

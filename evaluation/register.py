@@ -138,7 +138,7 @@ def register_chat_int8(p: Params, registry: Registry, chat: dict[str, Any], tags
         "gate.reasons": q["gate"]["reason"],
     }
     version = registry.register(uri, name, tags | card_tags)
-    registry.set_description(name, version, int8_card(q, source))
+    registry.tag(name, version, {}, description=int8_card(q, source))
     if chat["champion_version"] == chat["version"]:
         registry.promote(name, alias, version)
         log.info("promoted model=%s version=%s alias=%s (the int8 form of %s)", name, version, alias, source)

@@ -36,7 +36,10 @@ def test_register_promote_resolve_tag_and_download(registry: Registry, tmp_path:
     registry.tag("echo", v1, {"gate.decision": "promoted"})
     info = registry.describe("echo", "champion")
     assert (info.version, info.tags) == (v1, {"git_commit": "abc", "gate.decision": "promoted"})
-    assert info.run_id
+    assert info.run_id and info.description == ""
+    registry.tag("echo", v1, {}, description="the model card")  # tags kept, the description set
+    info = registry.describe("echo", "champion")
+    assert (info.tags["gate.decision"], info.description) == ("promoted", "the model card")
 
     v2 = registry.register(_log_model(), "echo")
     assert int(v2) == int(v1) + 1
