@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.serving_throughput import PROMPTS, chat, embed_wrk
-from serving.launch import ServerStartError, free_port, started_process, started_server
+from serving.launch import Launched, ServerStartError, free_port, started_process, started_server
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / ".bench"
@@ -137,16 +137,42 @@ def peers(port: int) -> list[Peer]:
 
 
 @contextmanager
-def running(peer: Peer, port: int) -> Iterator[str]:
-    """The peer started and ready; its base URL."""
+def running(peer: Peer, port: int) -> Iterator[Launched]:
+    """The peer started and ready: its base URL and the pid leading its process group."""
     log = OUT / f"{peer.name.split()[0]}-{peer.kind}.log"
     env = {**os.environ, **peer.env}
     if not peer.argv:  # ours, as params.yaml ships it (no API keys, no rate limit)
         with started_server(ROOT, log, env) as launched:
-            yield launched.url
+            yield launched
         return
     with started_process(peer.argv, ROOT, log, f"http://127.0.0.1:{port}", peer.ready_path, env, 900) as launched:
-        yield launched.url
+        yield launched
+
+
+def memory_mb(root: int) -> float:
+    """Proportional set size (shared pages split among their users, so forked workers are not counted twice) of
+    `root` and every process descended from it, in MB (Linux /proc). By parentage, not process group: BentoML's
+    workers may start groups of their own."""
+    parents: dict[int, int] = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:  # the field after the parenthesised command name: state, then the parent's pid
+                parents[int(proc.name)] = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue  # gone meanwhile
+    tree, grew = {root}, True
+    while grew:
+        more = {pid for pid, parent in parents.items() if parent in tree} - tree
+        tree |= more
+        grew = bool(more)
+    total_kb = 0
+    for pid in tree:
+        try:
+            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        except OSError:
+            continue
+        total_kb += next((int(line.split()[1]) for line in rollup.splitlines() if line.startswith("Pss:")), 0)
+    return round(total_kb / 1024, 1)
 
 
 async def _warm(url: str, model: str) -> None:
@@ -172,6 +198,14 @@ def limits(max_tokens: int) -> dict[str, Any]:
     from training.quantize_chat import tokens_per_second
 
     out: dict[str, Any] = {"threads": torch.get_num_threads()}
+    # per model, the weights it holds in memory once loaded (the safetensors files: the tensors as stored)
+    folders = {"chat float": paths.CHAT_MODEL, "chat int8": paths.CHAT_INT8_MODEL, "embedder": paths.EMBEDDER_MODEL,
+               "reranker": paths.RERANKER_MODEL}  # fmt: skip
+    out["weights_mb"] = {
+        name: round(sum(f.stat().st_size for f in folder.rglob("*.safetensors")) / 1e6, 1)
+        for name, folder in folders.items()
+        if folder.exists()
+    }
     for name, folder in (("float", paths.CHAT_MODEL), ("int8", paths.CHAT_INT8_MODEL)):
         if not folder.exists():
             out[f"generate_{name}"] = f"{folder} not found: run `dvc repro`"
@@ -230,35 +264,39 @@ def ratios(report: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _mb(r: dict[str, Any]) -> str:
+    return f"{r['memory_mb']:,.0f} MB" if "memory_mb" in r else "—"
+
+
 def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"Measured {report['date']} on {report['machine']} (client and servers share the cores); "
         "`make bench-peers && make bench`.",
         "",
-        "| chat server | 1 stream tokens/s | 4 streams | 16 streams | TTFT p50 at 16 |",
-        "|---|---|---|---|---|",
+        "| chat server | 1 stream tokens/s | 4 streams | 16 streams | TTFT p50 at 16 | memory (PSS) |",
+        "|---|---|---|---|---|---|",
     ]
     for name, r in report["chat"].items():
         if isinstance(r, str):
-            lines.append(f"| {name} | {r} | | | |")
+            lines.append(f"| {name} | {r} | | | | |")
             continue
         lines.append(
             f"| {name} | {r['1']['tokens_per_s']} | {r['4']['tokens_per_s']} | {r['16']['tokens_per_s']} | "
-            f"{r['16']['ttft_median_s']} s |"
+            f"{r['16']['ttft_median_s']} s | {_mb(r)} |"
         )
     lines += [
         "",
-        "| embeddings server | 1 client texts/s (p50) | 64 clients texts/s | p99 at 64 | errors |",
-        "|---|---|---|---|---|",
+        "| embeddings server | 1 client texts/s (p50) | 64 clients texts/s | p99 at 64 | errors | memory (PSS) |",
+        "|---|---|---|---|---|---|",
     ]
     for name, r in report["embed"].items():
         if isinstance(r, str):
-            lines.append(f"| {name} | {r} | | | |")
+            lines.append(f"| {name} | {r} | | | | |")
             continue
         one, many = r["1"], r["64"]
         lines.append(
             f"| {name} | {one['texts_per_s']} ({one['p50_ms']} ms) | {many['texts_per_s']} | {many['p99_ms']} ms | "
-            f"{many['errors']} |"
+            f"{many['errors']} | {_mb(r)} |"
         )
     lim = report["limits"]
     lines += ["", "| in-process limit | figure |", "|---|---|"]
@@ -270,6 +308,7 @@ def markdown(report: dict[str, Any]) -> str:
     best = max(lim["encode_texts_per_s_by_batch"].items(), key=lambda kv: kv[1])
     lines.append(f"| `encode`, best batch ({best[0]}) | {best[1]} texts/s |")
     lines.append(f"| `encode`, one text | {lim['encode_one_text_ms']} ms |")
+    lines += [f"| weights of {name} | {mb:,.0f} MB |" for name, mb in lim.get("weights_mb", {}).items()]
     lines += ["", "| ratio | value |", "|---|---|"]
     lines += [f"| {k} | {v}× |" for k, v in report["ratios"].items() if v is not None]
     lines += ["", "Commands:", ""] + [f"- {k}: `{v}`" for k, v in report["commands"].items()]
@@ -363,11 +402,12 @@ def main() -> None:
             continue
         print(f"{peer.name}: starting", flush=True)
         try:
-            with running(peer, port) as url:
+            with running(peer, port) as launched:
                 if peer.kind == "chat":
-                    report["chat"][peer.name] = measure_chat(url, peer.model, a.max_tokens)
+                    report["chat"][peer.name] = measure_chat(launched.url, peer.model, a.max_tokens)
                 else:
-                    report["embed"][peer.name] = measure_embed(url, a.embed_seconds, 64)
+                    report["embed"][peer.name] = measure_embed(launched.url, a.embed_seconds, 64)
+                report[peer.kind][peer.name]["memory_mb"] = memory_mb(launched.pid)  # after the load
         except (ServerStartError, OSError) as e:
             tail = " ".join(str(e).split())[-300:]
             report[peer.kind][peer.name] = f"failed: {tail} (log: {OUT.relative_to(ROOT)})"
