@@ -3,6 +3,7 @@ table, and the plots (throughput against concurrency, TTFT CDF at 16 streams).""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,36 +40,35 @@ def _mb(r: dict[str, Any]) -> str:
     return f"{r['memory_mb']:,.0f} MB" if "memory_mb" in r else "—"
 
 
+def _rows(header: str, servers: dict[str, Any], cells: Callable[[dict[str, Any]], list[Any]]) -> list[str]:
+    """A table: the header, then one row per server (its figures and memory, or why it did not run)."""
+    width = header.count("|") - 1
+    out = [header, "|" + "---|" * width]
+    for name, r in servers.items():
+        row = [r] + [""] * (width - 2) if isinstance(r, str) else [*cells(r), _mb(r)]
+        out.append("| " + " | ".join(str(c) for c in [name, *row]) + " |")
+    return out
+
+
 def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"Measured {report['date']} on {report['machine']} (client and servers share the cores); "
         "`make bench-peers && make bench`.",
         "",
+    ]
+    lines += _rows(
         "| chat server | 1 stream tokens/s | 4 streams | 16 streams | TTFT p50 at 16 | memory (PSS) |",
-        "|---|---|---|---|---|---|",
-    ]
-    for name, r in report["chat"].items():
-        if isinstance(r, str):
-            lines.append(f"| {name} | {r} | | | | |")
-            continue
-        lines.append(
-            f"| {name} | {r['1']['tokens_per_s']} | {r['4']['tokens_per_s']} | {r['16']['tokens_per_s']} | "
-            f"{r['16']['ttft_median_s']} s | {_mb(r)} |"
-        )
-    lines += [
-        "",
+        report["chat"],
+        lambda r: [r["1"]["tokens_per_s"], r["4"]["tokens_per_s"], r["16"]["tokens_per_s"],
+                   f"{r['16']['ttft_median_s']} s"],
+    )  # fmt: skip
+    lines.append("")
+    lines += _rows(
         "| embeddings server | 1 client texts/s (p50) | 64 clients texts/s | p99 at 64 | errors | memory (PSS) |",
-        "|---|---|---|---|---|---|",
-    ]
-    for name, r in report["embed"].items():
-        if isinstance(r, str):
-            lines.append(f"| {name} | {r} | | | | |")
-            continue
-        one, many = r["1"], r["64"]
-        lines.append(
-            f"| {name} | {one['texts_per_s']} ({one['p50_ms']} ms) | {many['texts_per_s']} | {many['p99_ms']} ms | "
-            f"{many['errors']} | {_mb(r)} |"
-        )
+        report["embed"],
+        lambda r: [f"{r['1']['texts_per_s']} ({r['1']['p50_ms']} ms)", r["64"]["texts_per_s"],
+                   f"{r['64']['p99_ms']} ms", r["64"]["errors"]],
+    )  # fmt: skip
     lim = report["limits"]
     lines += ["", "| in-process limit | figure |", "|---|---|"]
     for name in ("float", "int8"):
