@@ -53,6 +53,13 @@ class ServingParams(Section):
     """Downloaded model versions, one folder per name/version, so a restart works without the registry."""
     chat_max_batch_size: int = Field(default=16, ge=1, le=256)
     """Sequences decoded together per step (continuous batching slots)."""
+    chat_prefill_chunk_tokens: int = Field(default=256, ge=0)
+    """While other requests are decoding, a new prompt is prefilled in chunks of about this many tokens (padding
+    included), one chunk per decode step, so their next token waits for a chunk, not a whole prompt (vLLM's chunked
+    prefill). 0: whole prompts in one forward. With nothing decoding, a prompt runs whole either way."""
+    chat_prefix_cache_tokens: int = Field(default=4096, ge=0)
+    """Prompt beginnings that requests share (system prompt, tools, RAG instructions) keep their KV cache for the next
+    prefills, up to this many tokens in all (46 KB each for SmolLM2-135M fp32); 0: off."""
     chat_max_queue: int = Field(default=64, ge=0)
     """Requests waiting for a slot; beyond this a request gets 429 with Retry-After."""
     chat_max_context_tokens: int = Field(default=2048, ge=64)

@@ -31,6 +31,9 @@ from serving.settings import Settings
 
 log = get_logger("serving.requests")
 
+OnRequest = Callable[[str, int, float, dict[str, float]], None]
+"""Called once per request as it ends: route, status, seconds, and the stages it timed (ms; `RequestRecord.stages`)."""
+
 KNOWN_ROUTES = (
     "/v1/chat/completions", "/v1/embeddings", "/v1/models", "/v1/search", "/v1/rag", "/v1/status", "/v1/rerank",
     "/v1/messages", "/v1/messages/count_tokens", "/v1/completions", "/v1/tokenize", "/v1/detokenize",
@@ -158,7 +161,7 @@ class RateLimiter:
 class EdgeMiddleware:
     """Pure ASGI (streams and client disconnects pass through untouched, unlike BaseHTTPMiddleware)."""
 
-    def __init__(self, app: ASGIApp, settings: Settings, on_request: Callable[[str, int, float], None]) -> None:
+    def __init__(self, app: ASGIApp, settings: Settings, on_request: OnRequest) -> None:
         self.app = app
         self.settings = settings.serving
         self.on_request = on_request
@@ -183,6 +186,9 @@ class EdgeMiddleware:
                 status = message["status"]
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+                if stages := record.stages():  # W3C Server-Timing: browsers' dev tools show it per request
+                    timing = ", ".join(f"{k};dur={v:.1f}" for k, v in stages.items())
+                    message["headers"].append((b"server-timing", timing.encode()))
             await send(message)
 
         try:
@@ -193,7 +199,7 @@ class EdgeMiddleware:
             await self.app(scope, self._limited_receive(receive), send_with_id)
         finally:
             seconds = time.monotonic() - start
-            self.on_request(route, status, seconds)
+            self.on_request(route, status, seconds, record.stages())
             fields = " ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in record.fields().items())
             log.info(
                 "request_id=%s route=%s status=%d latency_ms=%.1f %s",
@@ -242,7 +248,7 @@ class EdgeMiddleware:
         return wrapped
 
 
-def create_app(settings: Settings, on_request: Callable[[str, int, float], None]) -> FastAPI:
+def create_app(settings: Settings, on_request: OnRequest) -> FastAPI:
     """The FastAPI app for the OpenAI-compatible routes (the routes themselves live in service.py)."""
     app = FastAPI(title="modelplatform OpenAI-compatible API", docs_url=None, redoc_url=None)
 

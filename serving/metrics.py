@@ -57,6 +57,12 @@ WAITING = bentoml.metrics.Gauge(
     labelnames=["engine"],
     multiprocess_mode="livesum",
 )
+STAGES = bentoml.metrics.Histogram(
+    name="modelplatform_stage_seconds",
+    documentation="Search and RAG: time in each stage before generation (retrieve, rerank, prompt) and chat queueing",
+    labelnames=["route", "stage"],
+    buckets=(0.001, 0.0025, 0.005, *_LATENCY_BUCKETS),  # a lexical search takes about a millisecond
+)
 PROMPT_TOKENS = bentoml.metrics.Counter(name="modelplatform_prompt_tokens_total", documentation="Chat prompt tokens")
 COMPLETION_TOKENS = bentoml.metrics.Counter(
     name="modelplatform_completion_tokens_total", documentation="Chat generated tokens"
@@ -85,6 +91,8 @@ class PrometheusObserver(EngineObserver):
         COMPLETION_TOKENS.inc(completion)
 
 
-def record_request(route: str, status: int, seconds: float) -> None:
+def record_request(route: str, status: int, seconds: float, stages: dict[str, float]) -> None:
     REQUESTS.labels(route=route, status=str(status)).inc()
     LATENCY.labels(route=route).observe(seconds)
+    for stage, ms in stages.items():
+        STAGES.labels(route=route, stage=stage).observe(ms / 1000)

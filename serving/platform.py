@@ -48,6 +48,8 @@ class Platform:
             models.chat_model,  # type: ignore[arg-type]
             models.tokenizer,  # type: ignore[arg-type]
             max_batch_size=s.chat_max_batch_size,
+            prefill_chunk_tokens=s.chat_prefill_chunk_tokens,
+            prefix_cache_tokens=s.chat_prefix_cache_tokens,
             max_queue=s.chat_max_queue,
             max_context_tokens=s.chat_max_context_tokens,
             timeout_s=s.request_timeout_s,

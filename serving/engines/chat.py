@@ -10,8 +10,9 @@ step (after its own prefill) and leaves the step it finishes, without waiting fo
 
 One scheduler iteration, named as the steps (`generation/scheduler.py`):
     admit       take waiting requests into free slots (FIFO; cancelled and expired ones are dropped)
-    prefill     one left-padded forward over the admitted prompts -> their first tokens + KV cache,
-                merged into the running batch (left-pad the shorter side)
+    prefill     a left-padded forward over the admitted prompts -> their first tokens + KV cache, merged into
+                the running batch (left-pad the shorter side); in chunks while other rows decode, and from a
+                kept prefix's KV when every prompt starts with one
     decode step one forward of every running row's newest token, against the shared cache
     emit        detokenize incrementally, apply stop strings / EOS / max_tokens, hand deltas to each consumer
     retire      drop finished, cancelled and timed-out rows from the batch; trim all-padding columns
@@ -20,7 +21,8 @@ This module is the public face (`ChatEngine`: submit and its checks, load gauges
 start/stop). The parts live in `serving/engines/generation/`, one concern each, each unit-tested alone
 (tests/code/test_chat_parts.py):
     batch.py        `Batch`: KV cache, mask (B, L), next tokens (B, 1) and rows as one value; `merge`, `select`
-    forward.py      the two forwards on a `Batch` (`prefill`, `decode`) and `warm_up` through them
+    forward.py      the two forwards on a `Batch` (`prefill`, whole or chunked, and `decode`) and `warm_up`
+    prefix_cache.py the KV of prompt beginnings requests share (system prompt, tools, RAG instructions), reused
     sampling.py     per-row chain (grammar mask, penalties, temperature, top-p), seeded draws, logprobs; argmax
     grammar.py      constrained decoding (llguidance): a request's JSON schema or grammar as its mask step
     detokenizer.py  incremental detokenizer (prefix/read offsets) holding back stop-string prefixes and U+FFFD
@@ -52,6 +54,7 @@ from serving.engines.generation.detokenizer import TokenTexts
 from serving.engines.generation.forward import warm_up
 from serving.engines.generation.grammar import GrammarMask, Grammars
 from serving.engines.generation.health import StepHealth
+from serving.engines.generation.prefix_cache import PrefixCache, PrefixStats
 from serving.engines.generation.request import GenerationHandle, Request, check_fits
 from serving.engines.generation.sampling import GREEDY, RowSampler, sample
 from serving.engines.generation.scheduler import Scheduler
@@ -78,6 +81,8 @@ class ChatEngine:
         retry_after_s: int = 1,
         observer: EngineObserver | None = None,
         max_failed_steps: int = 8,
+        prefill_chunk_tokens: int = 0,
+        prefix_cache_tokens: int = 0,
     ) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.max_batch_size, self.max_queue = max_batch_size, max_queue
@@ -94,7 +99,8 @@ class ChatEngine:
         self._scheduler = Scheduler(
             model, self._waiting, name=self.name, pad_id=self.pad_id, eos_ids=self.eos_ids, window=self.window,
             timeout_s=timeout_s, retry_after_s=retry_after_s, backoff=self.backoff, health=self._health,
-            observer=self.observer, report_load=self._report_load,
+            observer=self.observer, report_load=self._report_load, prefill_chunk_tokens=prefill_chunk_tokens,
+            prefixes=PrefixCache(prefix_cache_tokens) if prefix_cache_tokens else None,
         )  # fmt: skip
         self._thread: threading.Thread | None = None
         self._load_lock = threading.Lock()
@@ -181,6 +187,12 @@ class ChatEngine:
     def load(self) -> dict[str, int]:
         """Running (incl. being prefilled) and waiting request counts, and the slot limit."""
         return {"running": self._running(), "waiting": len(self._waiting), "limit": self.limit}
+
+    def prefix_stats(self) -> PrefixStats | None:
+        """Prefix caching so far: prefills that reused a kept prefix, the prompt tokens they skipped, prefixes kept
+        (None: prefix caching is off)."""
+        prefixes = self._scheduler.prefixes
+        return None if prefixes is None else prefixes.stats
 
     def health(self) -> EngineHealth:
         """Unhealthy once the scheduler thread died, or after `max_failed_steps` consecutive failed steps."""

@@ -8,7 +8,8 @@ handlers, over the whole answer or its stream.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from core.citations import CitationStream
@@ -30,6 +31,9 @@ class RagRun:
     sources: list[Source]
     generation: GenerationHandle | None
     best_score: float | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    """Milliseconds per stage before generation: `retrieve`, `rerank` (when reranked) and `prompt` (numbering
+    the sources within the context budget and tokenising the prompt)."""
 
     @property
     def abstained(self) -> bool:
@@ -76,8 +80,10 @@ class RagService:
         """
         found = await self.retriever.retrieve(question, top_k or self.default_top_k, where, mode, rerank, min_score)
         if found.abstain:
-            return RagRun([], None, found.best_score)
+            return RagRun([], None, found.best_score, found.timings)
+        start = time.perf_counter()
         passages = [Passage(h.id, h.text, h.score, h.metadata) for h in found.hits]
         sources = assemble(passages, self._count, self.context_tokens, self.neighbour_window)
         prompt = self.chat.encode_messages(rag_messages(question, [s.text for s in sources]))
-        return RagRun(sources, self.chat.submit(prompt, params), found.best_score)
+        timings = found.timings | {"prompt": round((time.perf_counter() - start) * 1000, 2)}
+        return RagRun(sources, self.chat.submit(prompt, params), found.best_score, timings)

@@ -11,7 +11,8 @@ is applied to lexical search too (as a mask over the BM25 rows), so a filter mea
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -38,6 +39,12 @@ class Retrieval:
     """The score abstention is judged on: the reranker's best, else the best dense cosine (None: lexical only)."""
     abstain: bool
     """The registered threshold is on this kind of score and the best one is below it."""
+    timings: dict[str, float] = field(default_factory=dict)
+    """Milliseconds per stage: `retrieve` (embed the query, dense and/or BM25, fusion) and, when reranked, `rerank`."""
+
+
+def _ms_since(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000, 2)
 
 
 def _hit(chunk_id: str, text: str | None, meta: Any, score: float) -> SearchHit:
@@ -119,23 +126,28 @@ class Retriever:
             raise InvalidRequest(
                 "min_score needs a dense, hybrid or reranked search (BM25 has no fixed scale)", param="min_score"
             )
+        start = time.perf_counter()
         if not rerank:
             hits, best_dense = await self._first_stage(query, top_k, where, mode)
-            return self._judged(hits, best_dense, "dense" if mode != "lexical" else None, min_score)
+            timings = {"retrieve": _ms_since(start)}
+            return self._judged(hits, best_dense, "dense" if mode != "lexical" else None, min_score, timings)
         assert self.reranker is not None
         hits, _ = await self._first_stage(query, max(top_k, self.config.rerank_candidates), where, mode)
+        timings = {"retrieve": _ms_since(start)}
         if not hits:
-            return self._judged(hits, None, "reranker", min_score)
+            return self._judged(hits, None, "reranker", min_score, timings)
+        start = time.perf_counter()
         scores = await self.reranker.score(query, [h.text for h in hits])
+        timings["rerank"] = _ms_since(start)
         order = sorted(range(len(hits)), key=lambda i: -scores[i])  # stable: ties keep the first stage's order
         reranked = [_hit(hits[i].id, hits[i].text, hits[i].metadata, scores[i]) for i in order[:top_k]]
-        return self._judged(reranked, reranked[0].score, "reranker", min_score)
+        return self._judged(reranked, reranked[0].score, "reranker", min_score, timings)
 
     def _judged(
         self, hits: list[SearchHit], best: float | None, kind: Literal["dense", "reranker"] | None,
-        min_score: float | None,
+        min_score: float | None, timings: dict[str, float],
     ) -> Retrieval:  # fmt: skip
-        return Retrieval(hits, best if kind else None, self.config.abstains(best, kind, min_score))
+        return Retrieval(hits, best if kind else None, self.config.abstains(best, kind, min_score), timings)
 
     async def _first_stage(
         self, query: str, top_k: int, where: dict[str, Any] | None, mode: Mode

@@ -35,6 +35,8 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     logprobs: int | None = None
     """Record each token's log-probability and this many best alternatives (0-20); None: record nothing."""
+    ignore_eos: bool = False
+    """Generate past the end-of-sequence token (it is then text like any other) until max_tokens or a stop string."""
 
 
 @dataclass(frozen=True)

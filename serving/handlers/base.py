@@ -34,10 +34,26 @@ class RequestRecord:
     mode: str | None = None
     """Search and RAG: dense, lexical or hybrid."""
     hits: int | None = None
+    retrieve_ms: float | None = None
+    """Search and RAG: the first retrieval stage (embed the query, dense and/or BM25 search, fusion)."""
+    rerank_ms: float | None = None
+    """Search and RAG, when reranked: the cross-encoder over the first stage's candidates."""
+    prompt_ms: float | None = None
+    """RAG: numbering the sources within the context budget and tokenising the prompt."""
     prompt: str | None = None
     """The last message, only when `serving.log_text` is on."""
     answer: str | None = None
     """The answer, only when `serving.log_text` is on."""
+
+    def timed(self, timings: dict[str, float]) -> None:
+        """Take an engine's stage timings (`retrieve`, `rerank`, `prompt`: milliseconds)."""
+        for stage, ms in timings.items():
+            setattr(self, f"{stage}_ms", ms)
+
+    def stages(self) -> dict[str, float]:
+        """The stages timed so far, in milliseconds: what `Server-Timing` and the stage histogram report."""
+        named = (("retrieve", self.retrieve_ms), ("rerank", self.rerank_ms), ("prompt", self.prompt_ms))
+        return {k: v for k, v in (*named, ("queue", self.queue_ms)) if v is not None}
 
     def fields(self) -> dict[str, Any]:
         """The fields that were set, in declaration order."""

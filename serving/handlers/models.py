@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from typing import Any
 
 from serving.handlers.base import CHAT, EMBEDDER, RAG, RERANKER, RETRIEVAL
@@ -49,6 +50,8 @@ class ModelsHandler:
                 waiting=load["waiting"],
                 limit=load["limit"],
             )
+        if (prefixes := p.chat.prefix_stats()) is not None:
+            engines["chat"].prefix_cache = asdict(prefixes)
         ready, reason = p.readiness()
         return StatusResponse(
             ready=ready,

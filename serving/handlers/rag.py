@@ -126,6 +126,7 @@ class RagHandler:
         mode = mode or self.platform.retriever.default_mode
         run = await self.platform.rag.start(question, params, top_k, where, mode, min_score, rerank)
         record.model, record.version, record.mode = RAG, self.platform.chat_info.version, mode
+        record.timed(run.timings)
         return RagAnswer(run, record)
 
     async def answer(self, req: RagRequest, record: RequestRecord) -> RagResponse | EventStream:

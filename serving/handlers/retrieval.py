@@ -32,8 +32,10 @@ class RetrievalHandler:
         retriever = self.platform.retriever
         mode = req.mode or retriever.default_mode
         reranked = req.rerank if req.rerank is not None else retriever.reranker is not None
-        hits = await retriever.search(req.query, req.top_k, req.filter, mode, reranked)
+        found = await retriever.retrieve(req.query, req.top_k, req.filter, mode, reranked)
+        hits = found.hits
         record.version, record.top_k, record.hits = self.platform.embedder_info.version, req.top_k, len(hits)
+        record.timed(found.timings)
         record.mode = mode + ("+rerank" if reranked else "")
         return SearchResponse(results=[SearchResult.of(h) for h in hits], model=EMBEDDER, mode=mode, reranked=reranked)
 

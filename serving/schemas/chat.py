@@ -115,6 +115,8 @@ class ChatCompletionRequest(_Request):
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     stop: str | list[str] | None = None
     seed: int | None = None
+    ignore_eos: bool = False
+    """vLLM's extension: keep generating past the end-of-sequence token, to exactly max_tokens (benchmarks)."""
     n: int = Field(default=1, ge=1, le=8)
     """Choices to generate; they share one prefill (at most 8: each takes a decode slot)."""
     stream: bool = False
@@ -167,6 +169,7 @@ class ChatCompletionRequest(_Request):
             presence_penalty=self.presence_penalty,
             frequency_penalty=self.frequency_penalty,
             logprobs=(self.top_logprobs or 0) if self.logprobs else None,
+            ignore_eos=self.ignore_eos,
         )
 
     def tool_choice_in_effect(self) -> ToolChoice:

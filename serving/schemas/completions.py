@@ -29,6 +29,8 @@ class CompletionRequest(_Request):
     stream: bool = False
     stop: str | list[str] | None = None
     seed: int | None = None
+    ignore_eos: bool = False
+    """vLLM's extension: keep generating past the end-of-sequence token, to exactly max_tokens (benchmarks)."""
     logprobs: int | None = Field(default=None, ge=0, le=20)
     echo: bool = False
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
@@ -49,6 +51,7 @@ class CompletionRequest(_Request):
             presence_penalty=self.presence_penalty,
             frequency_penalty=self.frequency_penalty,
             logprobs=self.logprobs,
+            ignore_eos=self.ignore_eos,
         )
 
     @property

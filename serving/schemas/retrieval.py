@@ -145,6 +145,8 @@ class RagRequest(_Request):
     """See SearchRequest.rerank."""
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    ignore_eos: bool = False
+    """vLLM's extension: keep generating past the end-of-sequence token, to exactly max_tokens (benchmarks)."""
     stream: bool = False
 
     def to_sampling(self, limits: SamplingLimits) -> SamplingParams:
@@ -153,7 +155,9 @@ class RagRequest(_Request):
         Raises:
             InvalidRequest: max_tokens over the server's cap.
         """
-        return SamplingParams(max_tokens=limits.max_new_tokens(self.max_tokens), temperature=self.temperature)
+        return SamplingParams(
+            max_tokens=limits.max_new_tokens(self.max_tokens), temperature=self.temperature, ignore_eos=self.ignore_eos
+        )
 
 
 class RagResponse(BaseModel):

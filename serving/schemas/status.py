@@ -37,6 +37,9 @@ class EngineStatus(BaseModel):
     waiting: int
     limit: int
     """Batch size allowed now (lower than configured after an out-of-memory backoff)."""
+    prefix_cache: dict[str, int] | None = None
+    """Chat, when prefix caching is on: `hits` (prefills that started from a kept prefix), `tokens_reused` (prompt
+    tokens they did not run), `kept` (prefixes kept now)."""
 
 
 class ServedVersion(BaseModel):

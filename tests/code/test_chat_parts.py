@@ -6,6 +6,7 @@ SmolLM2 tokenizer (artifacts/base/chat) for the detokenizer.
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +20,8 @@ from core.errors import QueueFull
 from serving.engines.generation.batch import Batch, left_pad
 from serving.engines.generation.detokenizer import IncrementalDetokenizer
 from serving.engines.generation.health import StepHealth
+from serving.engines.generation.prefix_cache import PrefixCache
+from serving.engines.generation.request import Request
 from serving.engines.generation.sampling import GREEDY, RowSampler, Temperature, TopK, TopP, sample
 from serving.engines.generation.waiting import WaitingQueue
 from serving.engines.types import SamplingParams
@@ -278,6 +281,50 @@ def test_spanning_stop_is_split_by_the_tokenizer(tokenizer: PreTrainedTokenizerB
 
 
 # ---- waiting queue and health ------------------------------------------------------------------------
+
+
+def test_ignore_eos_runs_to_max_tokens(tokenizer: PreTrainedTokenizerBase) -> None:
+    """End of sequence ends an answer with "stop", unless `ignore_eos` (vLLM's benchmark flag): then it is one more
+    token, and the answer ends at max_tokens with "length"."""
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    tokens = [*tokenizer("Hello world", add_special_tokens=False)["input_ids"], eos, eos]
+    loop = asyncio.new_event_loop()
+
+    def finish(ignore_eos: bool) -> tuple[int, str | None]:
+        params = SamplingParams(max_tokens=len(tokens), temperature=0, ignore_eos=ignore_eos)
+        req = Request([1, 2], params, tokenizer=tokenizer, sampler=GREEDY, loop=loop, deadline=float("inf"))
+        for t in tokens:
+            delta = req.advance(t, eos=t == eos, window=1024)
+            if delta.finish_reason is not None:
+                return delta.completion_tokens, delta.finish_reason
+        return len(req.generated), None
+
+    try:
+        assert finish(ignore_eos=False) == (len(tokens) - 2, "stop")
+        assert finish(ignore_eos=True) == (len(tokens), "length")
+    finally:
+        loop.close()
+
+
+def test_prefix_cache_learns_shared_beginnings_and_evicts_the_least_recent() -> None:
+    cache = PrefixCache(max_tokens=64, min_tokens=16, block=16)
+
+    def kv(n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [(torch.zeros(1, 1, n, 2), torch.zeros(1, 1, n, 2))]
+
+    a, b = [*range(40), 100, 101], [*range(40), 200]
+    assert cache.worth_keeping(a) == 0  # nothing seen before it
+    assert cache.worth_keeping(b) == 32  # 40 tokens shared with `a`: two whole blocks
+    cache.keep(tuple(b[:32]), kv(32))
+    assert cache.worth_keeping([*range(40), 300]) == 0  # kept already
+    hit = cache.lookup([a, b])
+    assert hit is not None and hit.tokens == tuple(range(32))
+    assert cache.lookup([a, [5, 6]]) is None  # every prompt must start with it
+    assert cache.lookup([list(range(32))]) is None  # a prompt's last token must still run, for its logits
+    other = tuple(range(1000, 1048))
+    cache.keep(other, kv(48))  # 32 + 48 tokens > 64: the least recently used prefix goes
+    assert cache.lookup([[*other, 1]]) is not None and cache.lookup([a]) is None
+    assert (cache.stats.hits, cache.stats.tokens_reused, cache.stats.kept) == (2, 32 * 2 + 48, 1)
 
 
 def test_waiting_queue_bound_order_and_gauge_hook() -> None:

@@ -22,6 +22,7 @@ from core.retrieval_params import RetrievalParams
 from core.retrieval_unit import RetrievalConfig
 from serving.engines.chat import ChatEngine
 from serving.engines.embedder import EmbedderEngine
+from serving.engines.generation.forward import begin_prefill, finish_prefill, prefill_step
 from serving.engines.rag import RagService
 from serving.engines.reranker import RerankerEngine
 from serving.engines.retriever import Retriever
@@ -77,6 +78,76 @@ def test_continuous_batching_matches_one_stream_generate(engine: ChatEngine, cha
     got = asyncio.run(run())
     want = [_reference(chat_parts, p, 12) for p in prompts]
     assert got == want
+
+
+def test_chunked_prefill_equals_the_whole_prompts(chat_parts) -> None:  # type: ignore[no-untyped-def]
+    """Prompts of different lengths prefilled 8 tokens at a time give the whole prefill's logits and first tokens."""
+    model, tok = chat_parts
+    prompts = [tok(q, add_special_tokens=False)["input_ids"] for q in (QUESTIONS[0], QUESTIONS[1] + " " + QUESTIONS[2])]
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    whole = begin_prefill(model, [0, 1], prompts, pad)
+    assert prefill_step(model, whole)
+    chunked, steps = begin_prefill(model, [0, 1], prompts, pad), 1
+    while not prefill_step(model, chunked, budget=8):  # 2 rows: 4 columns a chunk
+        steps += 1
+    assert steps == -(-chunked.ids.shape[1] // 4)
+    assert whole.logits is not None and chunked.logits is not None
+    torch.testing.assert_close(chunked.logits, whole.logits, atol=1e-4, rtol=1e-4)
+    greedy = lambda logits, rows: logits.argmax(-1)  # noqa: E731
+    assert finish_prefill(chunked, greedy).next.tolist() == finish_prefill(whole, greedy).next.tolist()
+
+
+def test_chunked_prefill_lets_running_requests_decode_and_keeps_greedy_answers(chat_parts) -> None:  # type: ignore[no-untyped-def]
+    """A long prompt arriving while another answer streams is prefilled in chunks, one per decode step: the running
+    answer gets a token per chunk before the newcomer's first, and both answers are still greedy `generate`'s."""
+    chunk = 8
+    limits = {"max_batch_size": 4, "max_context_tokens": 512, "timeout_s": 60, "prefill_chunk_tokens": chunk}
+    with running_engine(chat_parts, **limits) as eng:
+        short = eng.encode_messages([{"role": "user", "content": "Hi"}])
+        long = eng.encode_messages([{"role": "user", "content": " ".join(QUESTIONS)}])
+
+        async def run() -> tuple[str, str, list[str], int]:
+            events: list[str] = []
+            first = asyncio.Event()
+
+            async def one(name: str, prompt: list[int], max_tokens: int) -> str:
+                parts = []
+                params = SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=name == "a")
+                async for d in eng.submit(prompt, params).stream():
+                    events.append(name)
+                    first.set()
+                    parts.append(d.text)
+                return "".join(parts)
+
+            a = asyncio.create_task(one("a", short, 64))
+            await first.wait()
+            mark = len(events)
+            b = await one("b", long, 6)
+            return await a, b, events, mark
+
+        a_text, b_text, events, mark = asyncio.run(run())
+    chunks = -(-len(long) // chunk)
+    assert events[mark:].index("b") >= chunks - 1, (chunks, events)  # a whole prefill lets `a` through at most once
+    assert b_text == _reference(chat_parts, long, 6)
+    assert a_text.startswith(_reference(chat_parts, short, 64))  # `a` ignores EOS: it may run past where generate stops
+
+
+def test_a_shared_system_prompt_is_kept_and_reused_with_greedy_answers_unchanged(chat_parts) -> None:  # type: ignore[no-untyped-def]
+    """Three questions under one long system prompt, one after another: the second's prefill keeps the shared
+    beginning, the third starts from it, and every answer is still greedy `generate`'s."""
+    system = {"role": "system", "content": "You answer questions about the Python standard library documentation. " * 3}
+    limits = {"max_batch_size": 4, "max_context_tokens": 512, "timeout_s": 60, "prefix_cache_tokens": 1024}
+    with running_engine(chat_parts, **limits) as eng:
+        prompts = [eng.encode_messages([system, {"role": "user", "content": q}]) for q in QUESTIONS[:3]]
+
+        async def run() -> list[str]:
+            return [(await eng.submit(p, SamplingParams(max_tokens=8, temperature=0)).result()).text for p in prompts]
+
+        got = asyncio.run(run())
+        stats = eng.prefix_stats()
+    assert stats is not None and (stats.hits, stats.kept) == (1, 1), stats
+    assert stats.tokens_reused >= 32
+    assert got == [_reference(chat_parts, p, 8) for p in prompts]
 
 
 def test_stream_usage_and_finish_reason(engine: ChatEngine) -> None:

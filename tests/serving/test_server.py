@@ -47,6 +47,12 @@ def _error(r: httpx.Response, status: int) -> dict:  # type: ignore[type-arg]
     return err  # type: ignore[no-any-return]
 
 
+def _timing(r: httpx.Response) -> dict[str, float]:
+    """The response's W3C `Server-Timing` header as {stage: milliseconds}."""
+    parts = [p.strip().split(";dur=") for p in r.headers.get("server-timing", "").split(",") if p.strip()]
+    return {name: float(ms) for name, ms in parts}
+
+
 def _chat(max_tokens: int, stream: bool = False) -> dict[str, Any]:
     return {
         "model": "chat",
@@ -199,6 +205,11 @@ def test_search_mode_default_is_the_registered_choice(http: httpx.Client, server
     default = http.post("/v1/search", json={"query": Q, "top_k": 3}).json()
     plain = http.post("/v1/search", json={"query": Q, "top_k": 3, "rerank": False}).json()
     assert default["reranked"] is True and plain["reranked"] is False
+    # each stage's time, for a person's browser tools and for the benchmark (and in /metrics, see below)
+    reranked = http.post("/v1/search", json={"query": Q, "top_k": 3})
+    first_only = http.post("/v1/search", json={"query": Q, "top_k": 3, "rerank": False})
+    assert set(_timing(reranked)) == {"retrieve", "rerank"} and set(_timing(first_only)) == {"retrieve"}
+    assert all(ms > 0 for ms in _timing(reranked).values())
     # the reranker's scores are relevance probabilities, and /v1/rerank gives the same for the same pair
     assert all(0.0 <= x["score"] <= 1.0 for x in default["results"])
     top = default["results"][0]
@@ -241,7 +252,9 @@ def test_rag_plain_and_streamed(http: httpx.Client) -> None:
         out["abstained"] is False and out["usage"]["prompt_tokens"] > 0 and out["finish_reason"] in ("stop", "length")
     )
     _cited_sources_are_given(out["answer"], out["sources"], out["citations"])
+    assert set(_timing(r)) == {"retrieve", "rerank", "prompt", "queue"}  # the whole answer is known: its queue too
     with http.stream("POST", "/v1/rag", json={**body, "stream": True}) as s:
+        assert set(_timing(s)) == {"retrieve", "rerank", "prompt"}  # sent before the first token
         lines = [ln for ln in s.iter_lines() if ln]
     assert lines[-1] == "data: [DONE]"
     events = [json.loads(ln.removeprefix("data: ")) for ln in lines[:-1]]
@@ -365,6 +378,21 @@ def test_non_streaming_client_disconnect_frees_its_slot(server: Server) -> None:
     asyncio.run(run())
 
 
+def test_rag_prompts_reuse_the_kept_system_prompt(http: httpx.Client) -> None:
+    """RAG prompts all begin with the same instructions: after two, the server keeps their KV (prefix caching), and
+    the next prefill starts from it; /v1/status counts it."""
+
+    def cache() -> dict[str, int]:
+        return http.get("/v1/status").json()["engines"]["chat"]["prefix_cache"]  # type: ignore[no-any-return]
+
+    before = cache()
+    for q in ("How do I read a file?", "What does json.dumps do?", "How do I sort a list?"):
+        assert http.post("/v1/rag", json={"question": q, "max_tokens": 1, "min_score": -1.0}).status_code == 200
+    after = cache()
+    assert after["kept"] >= 1 and after["hits"] >= before["hits"] + 1, (before, after)
+    assert after["tokens_reused"] >= before["tokens_reused"] + 32
+
+
 # ---- probes, status and metrics ----------------------------------------------------------------------
 
 
@@ -428,6 +456,7 @@ def test_a_request_moves_its_metrics(http: httpx.Client) -> None:
     assert moved("modelplatform_inter_token_seconds_count") == out["usage"]["completion_tokens"] - 1
     assert moved("modelplatform_batch_size_count", (("engine", "chat"),)) >= out["usage"]["completion_tokens"] - 1
     assert moved("modelplatform_queue_seconds_count", (("engine", "chat"),)) == 1
+    assert moved("modelplatform_stage_seconds_count", (("route", "/v1/chat/completions"), ("stage", "queue"))) == 1
 
 
 def test_one_structured_log_line_per_request(http: httpx.Client, server: Server) -> None:

@@ -132,6 +132,10 @@ def test_chat_request_refuses_what_it_cannot_honour() -> None:
     assert over.value.param == "max_tokens"
     with pytest.raises(InvalidRequest, match="at most 50"):
         RagRequest.model_validate({"question": "q", "max_tokens": 51}).to_sampling(limits)
+    # vLLM's `ignore_eos` (its benchmark sends it) reaches the engine from both routes; off unless asked
+    assert ChatCompletionRequest.model_validate({**base, "ignore_eos": True}).to_sampling(limits).ignore_eos
+    assert RagRequest.model_validate({"question": "q", "ignore_eos": True}).to_sampling(limits).ignore_eos
+    assert not req.to_sampling(limits).ignore_eos
 
 
 def test_chat_request_accepts_content_parts_and_developer_role() -> None:
@@ -254,7 +258,8 @@ def test_edge_auth_rate_limit_and_body_limit() -> None:
 
     env = {"SERVING_API_KEYS": "good", "SERVING_RATE_LIMIT_PER_MINUTE": "3", "SERVING_MAX_BODY_BYTES": "2048"}
     seen: list[tuple[str, int]] = []
-    app = create_app(load_settings(load_params(ROOT / "params.yaml"), environ=env), lambda r, s, _: seen.append((r, s)))
+    settings = load_settings(load_params(ROOT / "params.yaml"), environ=env)
+    app = create_app(settings, lambda route, status, _seconds, _stages: seen.append((route, status)))
 
     @app.post("/v1/search")
     async def search(body: SearchRequest) -> dict[str, str]:

@@ -1,6 +1,7 @@
 """The two forward passes of the scheduler, as small typed steps (gpt-fast's `prefill` / `decode_one_token`).
 
-    prefill   one left-padded forward over new prompts -> their first tokens and a new `Batch`
+    prefill   left-padded forwards over new prompts, whole or in chunks (`begin_prefill`, `prefill_step`,
+              `finish_prefill`) -> their first tokens and a new `Batch`
     decode    one forward of every row's `next` token against the shared cache -> the following tokens
 
 Both take a `pick` function ((B, vocab) logits, the rows -> (B,) token ids; the engine passes the
@@ -11,52 +12,136 @@ a merge and a select, so the first request does not pay for lazy initialisation 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from serving.engines.generation.batch import Batch, left_pad
+from serving.engines.generation.prefix_cache import KV, Prefix
 
 T = TypeVar("T")
 Pick = Callable[[torch.Tensor, list[Any]], torch.Tensor]
 """(B, vocab) logits and the batch's rows -> (B,) long token ids."""
 
 
-@torch.inference_mode()
-def prefill(
-    model: PreTrainedModel, rows: list[T], inputs: Sequence[Sequence[int]], pad_id: int, pick: Pick
-) -> Batch[T]:
-    """Run the prompts of `rows` (one token list each) and return them as a batch whose `next` holds
-    their first generated tokens.
+@dataclass
+class Prefilling(Generic[T]):
+    """Prompts part-way through their prefill: the whole left-padded prompts and the cache of the columns done.
 
-    Identical prompts are run once and their cache rows copied (`Batch.select` with repeated indices): the
-    `n` choices of one request, or clients sending the same prompt together, share one prefill. Each row
-    still picks its own first token from the shared logits (its own sampler and seed).
+    Identical prompts are held once (`source` maps each row to its unique prompt) and copied at `finish`.
+    """
+
+    rows: list[T]
+    prompts: list[tuple[int, ...]]
+    """The unique prompts."""
+    source: list[int]
+    """Each row's index among the unique prompts."""
+    ids: torch.Tensor
+    """(g, L) long: the unique prompts, left-padded."""
+    mask: torch.Tensor
+    """(g, L) long: 1 for real tokens."""
+    cache: DynamicCache
+    done: int = 0
+    """Columns already run (in the cache)."""
+    reused: int = 0
+    """Leading columns that came from a kept prefix (the layout is then [prefix | padding | rest])."""
+    logits: torch.Tensor | None = None
+    """(g, vocab): the last column's logits, once every column has run."""
+
+    @property
+    def remaining(self) -> int:
+        """Prompt tokens still to run, padding included (what a step's budget counts)."""
+        return (self.ids.shape[1] - self.done) * self.ids.shape[0]
+
+
+def begin_prefill(
+    model: PreTrainedModel, rows: list[T], inputs: Sequence[Sequence[int]], pad_id: int, prefix: Prefix | None = None
+) -> Prefilling[T]:
+    """The prompts of `rows` (one token list each), laid out for `prefill_step`; no model work yet.
+
+    Identical prompts are run once and their cache rows copied at `finish_prefill`: the `n` choices of one request,
+    or clients sending the same prompt together, share one prefill. With `prefix` (a kept prefix every prompt starts
+    with, `prefix_cache.py`), the cache starts from its keys and values and only the rest of each prompt runs.
     """
     device = next(model.parameters()).device
     unique: dict[tuple[int, ...], int] = {}
     source = [unique.setdefault(tuple(x), len(unique)) for x in inputs]
-    ids, mask = left_pad(list(unique), pad_id)
-    ids, mask = ids.to(device), mask.to(device)
-    cache = DynamicCache(config=model.config)
+    prompts, cache = list(unique), DynamicCache(config=model.config)
+    if prefix is None:
+        ids, mask = left_pad(prompts, pad_id)
+        return Prefilling(list(rows), prompts, source, ids.to(device), mask.to(device), cache)
+    n, g = len(prefix.tokens), len(prompts)
+    rest, rest_mask = left_pad([x[n:] for x in prompts], pad_id)
+    ids = torch.cat([torch.tensor(prefix.tokens, dtype=torch.long).expand(g, n), rest], dim=1)
+    mask = torch.cat([torch.ones((g, n), dtype=torch.long), rest_mask], dim=1)
+    for layer, (k, v) in enumerate(prefix.kv):
+        cache.update(k.expand(g, -1, -1, -1).contiguous(), v.expand(g, -1, -1, -1).contiguous(), layer)
+    return Prefilling(list(rows), prompts, source, ids.to(device), mask.to(device), cache, done=n, reused=n)
+
+
+def prefix_kv(p: Prefilling[Any], prompt: int, n: int) -> KV:
+    """The keys and values of the first `n` tokens of unique prompt `prompt`, from a prefill laid out without a kept
+    prefix (left padding only, so its real tokens are contiguous)."""
+    assert not p.reused, "a prefill that started from a kept prefix has padding inside its prompts"
+    start = int(p.mask[prompt].argmax())  # the first real column
+    layers: list[Any] = list(p.cache.layers)
+    return [(x.keys[prompt : prompt + 1, :, start : start + n], x.values[prompt : prompt + 1, :, start : start + n])
+            for x in layers]  # fmt: skip
+
+
+@torch.inference_mode()
+def prefill_step(model: PreTrainedModel, p: Prefilling[Any], budget: int | None = None) -> bool:
+    """Run the next columns of the prompts, about `budget` tokens (padding included; None: all that remain), at
+    least one column; whether every column has run.
+
+    Chunked prefill (vLLM's): a long prompt's forward is split so the requests already decoding get a step between
+    its chunks instead of waiting for the whole of it. Each chunk attends to the cache of the columns before it,
+    and positions come from the whole mask, so the result is the whole prompt's up to float rounding.
+    """
+    width = p.ids.shape[1]
+    end = width if budget is None else min(width, p.done + max(1, budget // p.ids.shape[0]))
+    positions = (p.mask.cumsum(-1) - 1).clamp(min=0)  # (g, L): padding stays at 0, real tokens count up
     out = model(
-        input_ids=ids,
-        attention_mask=mask,
-        position_ids=(mask.cumsum(-1) - 1).clamp(min=0),  # (g, L): padding stays at 0, real tokens count up
-        cache=cache,  # transformers 5.24 name (was past_key_values)
+        input_ids=p.ids[:, p.done : end],
+        attention_mask=p.mask[:, :end],  # the cached columns and this chunk's
+        position_ids=positions[:, p.done : end],
+        cache=p.cache,  # transformers 5.24 name (was past_key_values)
         use_cache=True,
         logits_to_keep=1,
     )
-    logits = out.logits[:, -1, :]
-    placeholder = torch.zeros((len(unique), 1), dtype=torch.long, device=device)  # `next` is set below
-    batch: Batch[T] = Batch(list(rows[: len(unique)]), cache, mask, placeholder)
-    if len(unique) < len(rows):
-        batch.select(source)  # copies each shared prompt's cache row to every row that sent it
-        logits = logits.index_select(0, torch.tensor(source, device=logits.device))
-        batch.rows = list(rows)
+    p.done = end
+    if end < width:
+        return False
+    p.logits = out.logits[:, -1, :]
+    return True
+
+
+@torch.inference_mode()
+def finish_prefill(p: Prefilling[T], pick: Pick) -> Batch[T]:
+    """A fully run prefill as a batch whose `next` holds each row's first generated token (each row picks its own
+    from the shared logits: its own sampler and seed)."""
+    assert p.logits is not None, "finish_prefill before the last prefill_step"
+    g, logits = p.ids.shape[0], p.logits
+    placeholder = torch.zeros((g, 1), dtype=torch.long, device=p.ids.device)  # `next` is set below
+    batch: Batch[T] = Batch(list(p.rows[:g]), p.cache, p.mask, placeholder)
+    if g < len(p.rows):
+        batch.select(p.source)  # copies each shared prompt's cache row to every row that sent it
+        logits = logits.index_select(0, torch.tensor(p.source, device=logits.device))
+        batch.rows = list(p.rows)
     batch.next = pick(logits, batch.rows).view(-1, 1)  # (g, 1)
     return batch
+
+
+def prefill(
+    model: PreTrainedModel, rows: list[T], inputs: Sequence[Sequence[int]], pad_id: int, pick: Pick
+) -> Batch[T]:
+    """Run the prompts of `rows` whole, in one forward, and return them as a batch whose `next` holds their first
+    generated tokens."""
+    p = begin_prefill(model, rows, inputs, pad_id)
+    prefill_step(model, p)
+    return finish_prefill(p, pick)
 
 
 @torch.inference_mode()

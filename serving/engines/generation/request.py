@@ -107,7 +107,7 @@ class Request:
         """
         reason: FinishReason | None = None
         chosen = self.sampler.logprobs.take() if self.sampler.logprobs is not None else ()
-        if eos:
+        if eos and not self.params.ignore_eos:
             reason, text = "stop", self.detokenizer.flush()
             chosen = ()  # the end-of-sequence token is not part of the answer
         else:

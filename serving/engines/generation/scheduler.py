@@ -1,7 +1,9 @@
 """The chat scheduler: one thread running admit → prefill → decode step → emit → retire, and nothing else.
 
-    admit       take waiting requests into free slots (FIFO; cancelled and expired ones are dropped)
-    prefill     one left-padded forward over the admitted prompts -> their first tokens; merge into the batch
+    admit       take waiting requests into free slots (FIFO; cancelled and expired ones are dropped), when no
+                prompt is part-way through its prefill
+    prefill     a left-padded forward over the admitted prompts: whole when nothing is decoding, else the next
+                chunk of `prefill_chunk_tokens` (chunked prefill); after the last, their first tokens join the batch
     decode step one forward of every running row's `next` token against the shared cache
     emit        each row's `Request.emit` (detokenize, stop strings / EOS / max_tokens) -> its consumer
     retire      select away finished, cancelled and timed-out rows (trimming all-padding columns)
@@ -29,8 +31,16 @@ from core.device import MemoryBackoff, free_memory, is_oom
 from core.errors import Overloaded
 from core.log import get_logger
 from serving.engines.generation.batch import Batch
-from serving.engines.generation.forward import decode, prefill
+from serving.engines.generation.forward import (
+    Prefilling,
+    begin_prefill,
+    decode,
+    finish_prefill,
+    prefill_step,
+    prefix_kv,
+)
 from serving.engines.generation.health import StepHealth
+from serving.engines.generation.prefix_cache import PrefixCache
 from serving.engines.generation.request import Request, generation_timeout, out_of_memory_alone, queue_timeout
 from serving.engines.generation.sampling import sample
 from serving.engines.generation.waiting import WaitingQueue
@@ -57,6 +67,8 @@ class Scheduler:
         health: StepHealth,
         observer: EngineObserver,
         report_load: Callable[[], None],
+        prefill_chunk_tokens: int = 0,
+        prefixes: PrefixCache | None = None,
     ) -> None:
         self.model, self.waiting, self.name = model, waiting, name
         self.pad_id, self.eos_ids, self.window = pad_id, eos_ids, window
@@ -65,6 +77,9 @@ class Scheduler:
         self.device = next(model.parameters()).device
         self.batch: Batch[Request] = Batch.empty(self.device)
         self.admitting: list[Request] = []  # taken from the queue, being prefilled: busy slots
+        self.prefilling: Prefilling[Request] | None = None  # their prefill, when chunked and part-way through
+        self.chunk_tokens = prefill_chunk_tokens
+        self.prefixes = prefixes  # kept KV of shared prompt beginnings (None: off)
 
     @property
     def running(self) -> int:
@@ -74,7 +89,7 @@ class Scheduler:
     def run(self) -> None:
         """Iterate until the queue is stopped, then fail what is left; record why if the thread dies."""
         try:
-            while self.waiting.wait(busy=lambda: bool(self.batch)):
+            while self.waiting.wait(busy=lambda: bool(self.batch) or self.prefilling is not None):
                 self._iteration()
             self._fail_all(Overloaded("the chat engine stopped", retry_after_s=self.retry_after_s))
         except BaseException as e:  # a bug outside a step: record why, so health() says so
@@ -84,11 +99,11 @@ class Scheduler:
 
     def _iteration(self) -> None:
         """admit → prefill → decode step (each emitting and retiring), then report the gauges."""
-        admitted = self._admit()
+        admitted = self._admit() if self.prefilling is None else list(self.admitting)
         try:
             self._retire([r for r in self.batch.rows if r.cancelled or self._expired(r)])
             if admitted:
-                self._prefill(admitted)
+                self._prefill()
             if self.batch:
                 self._decode_step()
         except Exception as e:  # keep the worker alive; fail only the batch in flight
@@ -119,13 +134,39 @@ class Scheduler:
             return True
         return False
 
-    def _prefill(self, group: list[Request]) -> None:
-        new = prefill(self.model, group, [r.context for r in group], self.pad_id, _pick)
-        tokens = new.next.view(-1)
-        self.admitting = []  # before the merge: a gauge read in between never counts a row twice
-        self.batch.merge(new)
+    def _prefill(self) -> None:
+        """Run the admitted prompts' prefill, or its next chunk while other rows decode; after the last, their
+        first tokens are emitted and they join the batch."""
+        group = self.admitting
+        if all(r.cancelled for r in group):  # everyone left part-way: stop paying for their prompts
+            for r in group:
+                r.done = True
+            self.admitting, self.prefilling = [], None
+            return
+        if self.prefilling is None:
+            contexts = [r.context for r in group]
+            hit = self.prefixes.lookup(contexts) if self.prefixes is not None else None
+            self.prefilling = begin_prefill(self.model, group, contexts, self.pad_id, hit)
+        budget = self.chunk_tokens if self.chunk_tokens and self.batch else None  # alone: the whole prompt at once
+        done = prefill_step(self.model, self.prefilling, budget)
         self.health.step_succeeded()
+        if not done:
+            return  # the next chunk runs after the batch's next decode step
+        self._keep_prefixes(self.prefilling)
+        new = finish_prefill(self.prefilling, _pick)
+        tokens = new.next.view(-1)
+        self.admitting, self.prefilling = [], None  # before the merge: a gauge read in between never counts a row twice
+        self.batch.merge(new)
         self._retire(self._emit(group, tokens))
+
+    def _keep_prefixes(self, p: Prefilling[Request]) -> None:
+        """Keep the KV of the prompt beginnings these prompts share with recent ones (`prefix_cache.py`)."""
+        if self.prefixes is None:
+            return
+        for i, prompt in enumerate(p.prompts):
+            n = self.prefixes.worth_keeping(list(prompt))
+            if n and not p.reused:  # a prefill that started from a kept prefix has padding inside its rows
+                self.prefixes.keep(prompt[:n], prefix_kv(p, i, n))
 
     def _decode_step(self) -> None:
         tokens = decode(self.model, self.batch, _pick)
@@ -149,7 +190,7 @@ class Scheduler:
     def _in_flight(self, admitted: list[Request]) -> list[Request]:
         """Running and just-admitted requests, once each; the batch is dropped (its cache may be half-updated)."""
         everyone = list({r.id: r for r in [*self.batch.rows, *admitted]}.values())
-        self.batch, self.admitting = Batch.empty(self.device), []
+        self.batch, self.admitting, self.prefilling = Batch.empty(self.device), [], None
         return everyone
 
     def _preempt_on_oom(self, admitted: list[Request]) -> None:
