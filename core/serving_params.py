@@ -53,7 +53,7 @@ class ServingParams(Section):
     """Downloaded model versions, one folder per name/version, so a restart works without the registry."""
     chat_max_batch_size: int = Field(default=16, ge=1, le=256)
     """Sequences decoded together per step (continuous batching slots)."""
-    chat_prefill_chunk_tokens: int = Field(default=256, ge=0)
+    chat_prefill_chunk_tokens: int = Field(default=512, ge=0)
     """While other requests are decoding, a new prompt is prefilled in chunks of about this many tokens (padding
     included), one chunk per decode step, so their next token waits for a chunk, not a whole prompt (vLLM's chunked
     prefill). 0: whole prompts in one forward. With nothing decoding, a prompt runs whole either way."""

