@@ -91,6 +91,7 @@ bench-peers: install wrk
 bench: pipeline wrk
 	$(BIN)/python -m benchmarks.serving_throughput --streams 16 --clients 64
 	$(BIN)/python -m benchmarks.peers --docs
+	$(BIN)/python -m benchmarks.scale --docs
 
 # In-process hot paths (benchmarks/hot_paths): saved under .benchmarks/ and compared with the previous run.
 bench-hot: pipeline

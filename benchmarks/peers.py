@@ -34,7 +34,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.peers_report import CONCURRENCY, markdown, plots, ratios
+from benchmarks import rag_latency
+from benchmarks.peers_report import CONCURRENCY, markdown, plots, publish, ratios
 from benchmarks.serving_throughput import PROMPTS, chat, embed_wrk
 from serving.launch import Launched, ServerStartError, free_port, started_process, started_server
 
@@ -260,13 +261,13 @@ def machine() -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--only", choices=["chat", "embed", "limits"], action="append")
+    ap.add_argument("--only", choices=["chat", "embed", "rag", "limits"], action="append")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--embed-seconds", type=float, default=15)
     ap.add_argument("--docs", action="store_true", help="copy report.md and throughput.png into docs/bench/")
     a = ap.parse_args()
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the results
-    only = set(a.only or ["chat", "embed", "limits"])
+    only = set(a.only or ["chat", "embed", "rag", "limits"])
     OUT.mkdir(parents=True, exist_ok=True)
     previous = json.loads((OUT / "report.json").read_text()) if (OUT / "report.json").exists() else {}
     report: dict[str, Any] = {
@@ -275,14 +276,18 @@ def main() -> None:
         "max_tokens": a.max_tokens,
         "chat": previous.get("chat", {}) if "chat" not in only else {},
         "embed": previous.get("embed", {}) if "embed" not in only else {},
+        "rag": previous.get("rag", {}) if "rag" not in only else {},
         "limits": previous.get("limits", {}),
         "commands": {
             k: v for k, v in previous.get("commands", {}).items() if k.rsplit("(", 1)[-1].rstrip(")") not in only
         },
     }
     port = free_port()
+    asked = rag_latency.questions(24) if "rag" in only else []
+    candidates: list[list[str]] = []
     for peer in peers(port):
-        if peer.kind not in only:
+        rag = "rag" in only and peer.kind == "chat" and not peer.argv  # ours: RAG on each chat variant
+        if peer.kind not in only and not rag:
             continue
         report["commands"][f"{peer.name} ({peer.kind})"] = shown(peer)
         if peer.missing:
@@ -292,6 +297,16 @@ def main() -> None:
         print(f"{peer.name}: starting", flush=True)
         try:
             with running(peer, port) as launched:
+                if rag:
+                    if not candidates:  # the stages do not depend on the chat variant: measured once
+                        report["rag"]["stages"] = rag_latency.stages(launched.url, asked)
+                        report["rag"]["rerank_candidates"], candidates = rag_latency.rerank_candidates(
+                            launched.url, asked
+                        )
+                    report["rag"][peer.name] = rag_latency.load(launched.url, asked)
+                    print(f"{peer.name} RAG: {json.dumps(report['rag'][peer.name])}", flush=True)
+                if peer.kind not in only:
+                    continue
                 if peer.kind == "chat":
                     report["chat"][peer.name] = measure_chat(launched.url, peer.model, a.max_tokens)
                 else:
@@ -301,21 +316,16 @@ def main() -> None:
             tail = " ".join(str(e).split())[-300:]
             report[peer.kind][peer.name] = f"failed: {tail} (log: {OUT.relative_to(ROOT)})"
         print(f"{peer.name}: {json.dumps(report[peer.kind][peer.name])[:400]}", flush=True)
+    if candidates and "rerank_ms" not in report["rag"]["stages"]:  # no reranker served (none passed its gate)
+        report["rag"]["rerank_in_process"] = rag_latency.rerank_in_process(asked, candidates)
+    if report["rag"]:
+        report["rag"]["targets"] = rag_latency.targets(report["rag"])
+        print(f"rag: {json.dumps(report['rag']['targets'])}", flush=True)
     if "limits" in only:
         report["limits"] = limits(a.max_tokens)
         print(f"limits: {json.dumps(report['limits'])}", flush=True)
     report["ratios"] = ratios(report) if report["limits"] else {}
-    (OUT / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (OUT / "report.md").write_text(markdown(report))
-    made = plots(report, OUT)
-    print((OUT / "report.md").read_text())
-    if a.docs:
-        docs = ROOT / "docs" / "bench"
-        docs.mkdir(parents=True, exist_ok=True)
-        shutil.copy(OUT / "report.md", docs / "peers.md")
-        for path in made:
-            shutil.copy(path, docs / path.name)
-    print(f"written to {OUT.relative_to(ROOT)}")
+    publish(OUT, report, markdown(report), plots(report, OUT), "peers.md" if a.docs else None)
 
 
 if __name__ == "__main__":

@@ -3,10 +3,13 @@ table, and the plots (throughput against concurrency, TTFT CDF at 16 streams).""
 
 from __future__ import annotations
 
+import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+ROOT = Path(__file__).resolve().parent.parent
 CONCURRENCY = (1, 4, 16)
 
 
@@ -69,6 +72,7 @@ def markdown(report: dict[str, Any]) -> str:
         lambda r: [f"{r['1']['texts_per_s']} ({r['1']['p50_ms']} ms)", r["64"]["texts_per_s"],
                    f"{r['64']['p99_ms']} ms", r["64"]["errors"]],
     )  # fmt: skip
+    lines += rag_rows(report.get("rag", {}))
     lim = report["limits"]
     lines += ["", "| in-process limit | figure |", "|---|---|"]
     for name in ("float", "int8"):
@@ -84,6 +88,41 @@ def markdown(report: dict[str, Any]) -> str:
     lines += [f"| {k} | {v}× |" for k, v in report["ratios"].items() if v is not None]
     lines += ["", "Commands:", ""] + [f"- {k}: `{v}`" for k, v in report["commands"].items()]
     return "\n".join(lines) + "\n"
+
+
+def rag_rows(rag: dict[str, Any]) -> list[str]:
+    """Cited answers under load per chat variant, the stages before generation, and the targets."""
+    answers = {k: v for k, v in rag.items() if k.startswith("ours")}
+    if not answers:
+        return []
+    first = next((v for v in answers.values() if isinstance(v, dict)), {"clients": "?", "max_tokens": "?"})
+    lines = [
+        "",
+        f"| RAG server ({first['clients']} concurrent, {first['max_tokens']}-token answers) | seconds per answer p50 "
+        "| TTFT p50 | gap between tokens p99 (longest) | tokens/s | prompt tokens |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in answers.items():
+        cells = [r, "", "", "", ""] if isinstance(r, str) else [
+            r["seconds_per_answer_p50"], f"{r['ttft_p50_s']} s",
+            f"{r['token_gap_p99_s']} s ({r.get('token_gap_max_s', '—')} s)", r["tokens_per_s"],
+            r["prompt_tokens_mean"],
+        ]  # fmt: skip
+        lines.append("| " + " | ".join(str(c) for c in [name, *cells]) + " |")
+    stages = rag.get("stages", {})
+    lines += ["", "| RAG stage before generation (server's `Server-Timing`) | p50 | p99 |", "|---|---|---|"]
+    for name in ("retrieve", "rerank", "prompt", "before_generation"):
+        if f"{name}_ms" in stages:
+            ms = stages[f"{name}_ms"]
+            lines.append(f"| {name.replace('_', ' ')} | {ms['p50']} ms | {ms['p99']} ms |")
+    in_process = rag.get("rerank_in_process")
+    if isinstance(in_process, dict):
+        lines.append(
+            f"| rerank {in_process['candidates']} candidates (in process: no reranker is served) "
+            f"| {in_process['p50']} ms | {in_process['p99']} ms |"
+        )
+    lines += [f"| target: {k} | {v} | |" for k, v in rag.get("targets", {}).items()]
+    return lines
 
 
 def _save(fig: Any, ax: Any, path: Path) -> Path:
@@ -118,3 +157,18 @@ def plots(report: dict[str, Any], folder: Path) -> list[Path]:
     made.append(_save(fig, ax, folder / "ttft_cdf.png"))
     plt.close("all")
     return made
+
+
+def publish(folder: Path, report: dict[str, Any], table: str, made: list[Path], docs_name: str | None) -> None:
+    """Write `report.json` and `report.md` (`table`) into `folder` and print the table; with `docs_name`, copy the
+    table (under that name) and the plots `made` into docs/bench/ for the README."""
+    (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (folder / "report.md").write_text(table)
+    print(table)
+    if docs_name:
+        docs = ROOT / "docs" / "bench"
+        docs.mkdir(parents=True, exist_ok=True)
+        shutil.copy(folder / "report.md", docs / docs_name)
+        for path in made:
+            shutil.copy(path, docs / path.name)
+    print(f"written to {folder.relative_to(ROOT)}")
