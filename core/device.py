@@ -6,6 +6,8 @@ The configured device comes from `MODELPLATFORM_DEVICE` through `core.config` (t
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import gc
 
 import torch
@@ -49,6 +51,18 @@ def free_memory(device: torch.device | str) -> None:
     gc.collect()
     if torch.device(device).type == "cuda":
         torch.cuda.empty_cache()
+
+
+def return_freed_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc's `malloc_trim`; elsewhere, nothing to do).
+
+    glibc keeps freed memory for reuse, so a process that built and dropped large tensors keeps them in its
+    resident set. Measured (`/proc/self/smaps_rollup`): loading the int8 chat variant, which builds a float skeleton
+    and swaps int8 Linears in, added 584 MB to the process, and 401 MB after this (its int8 weights are 328 MB).
+    """
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 class MemoryBackoff:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from chromadb.api.models.Collection import Collection
 
-from core.device import pick_device
+from core.device import pick_device, return_freed_memory
 from core.errors import RegistryError, StartupError
 from core.lexical import LexicalIndex
 from core.loading import load_chat, load_embedder, load_reranker
@@ -224,6 +224,7 @@ def load_models(settings: Settings) -> LoadedModels:
             retrieval.reranker_name, f"v{retrieval.reranker_version}", settings, retrieval.reranker_version
         )
         reranker = load_reranker(reranker_info.path, device=device)
+    return_freed_memory()  # what loading built and dropped (the int8 variant's float skeleton: ~180 MB)
     log.info(
         "loaded embedder=%s chat=%s retrieval=%s mode=%s reranker=%s index=%s (%d chunks) device=%s",
         emb_info.version,
