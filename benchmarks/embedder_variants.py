@@ -4,10 +4,11 @@ process, on the default corpus's outputs.
     .venv/bin/python -m benchmarks.embedder_variants
 
 Variants: sentence-transformers in fp32 (what is served today); PyTorch dynamic int8 on every Linear (the chat
-variant's kernels, `core/quantize.py`, no new dependency); ONNX Runtime fp32 and int8 (`quantize_dynamic`), when the
-`onnx` package is importable (the exporter needs it). Speed: chunk-sized texts per second at the index's batch size,
-and one short query's milliseconds (what a search pays). Quality: the held-out questions' dense retrieval (the
-evaluate stage's `QuestionSet` metrics) and each variant's mean cosine with the fp32 vectors.
+variant's kernels, `core/quantize.py`); ONNX Runtime int8 (`core/onnx_embedder.py`). The ONNX Runtime fp32 row
+below was measured by the first version of this script, a session over the unquantised export. Speed: chunk-sized
+texts per second at the index's batch size, and one short query's milliseconds (what a search pays). Quality: the
+held-out questions' dense retrieval (the evaluate stage's `QuestionSet` metrics) and each variant's mean cosine
+with the fp32 vectors.
 
 Measured 2026-11-30 (2 threads, fine-tuned MiniLM, 512 chunks at batch 128, 224 held-out questions):
 
@@ -35,54 +36,6 @@ import numpy as np
 import torch
 
 
-class OrtEmbedder:
-    """An ONNX Runtime session behind `encode` with sentence-transformers' arguments: tokenise, run, mean-pool over the
-    attention mask, normalise (the fine-tuned MiniLM's modules: Transformer, Pooling(mean), Normalize)."""
-
-    def __init__(self, path: Path, tokenizer: Any, max_length: int) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self.tokenizer, self.max_length = tokenizer, max_length
-
-    def encode(self, texts: list[str], batch_size: int = 32, **kwargs: Any) -> Any:
-        order = np.argsort([-len(t) for t in texts])  # length-sorted batches, as sentence-transformers does
-        out = np.zeros((len(texts), 384), dtype=np.float32)
-        for i in range(0, len(texts), batch_size):
-            idx = order[i : i + batch_size]
-            enc = self.tokenizer([texts[j] for j in idx], padding=True, truncation=True, max_length=self.max_length,
-                                 return_tensors="np")  # fmt: skip
-            hidden = self.session.run(None, {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})[0]
-            mask = enc["attention_mask"][..., None].astype(np.float32)
-            pooled = (hidden * mask).sum(1) / np.clip(mask.sum(1), 1e-9, None)
-            out[idx] = pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
-        return torch.from_numpy(out) if kwargs.get("convert_to_tensor") else out
-
-
-def export_onnx(model: Any, folder: Path) -> Path:
-    """The transformer of a sentence-transformers model as ONNX (last hidden state; pooling stays outside)."""
-
-    class Hidden(torch.nn.Module):
-        def __init__(self, bert: torch.nn.Module) -> None:
-            super().__init__()
-            self.bert = bert
-
-        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-            return self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-
-    enc = model.tokenizer(["a short example text"], return_tensors="pt")
-    path = folder / "model.onnx"
-    axes = {0: "batch", 1: "tokens"}
-    torch.onnx.export(
-        Hidden(model[0].auto_model.eval()), (enc["input_ids"], enc["attention_mask"]), str(path),
-        input_names=["input_ids", "attention_mask"], output_names=["hidden"],
-        dynamic_axes={"input_ids": axes, "attention_mask": axes, "hidden": axes}, dynamo=False, opset_version=17,
-    )  # fmt: skip
-    return path
-
-
 def speed(model: Any, chunks: list[str], queries: list[str], batch: int) -> dict[str, float]:
     model.encode(chunks[:batch], batch_size=batch)
     start = time.perf_counter()
@@ -101,6 +54,7 @@ def main() -> None:
     from core import paths
     from core.config import params
     from core.loading import load_embedder
+    from core.onnx_embedder import OnnxEmbedder, quantize
     from evaluation.retrieval import QuestionSet
 
     p = params()
@@ -114,17 +68,7 @@ def main() -> None:
     torch.ao.quantization.quantize_dynamic(dynamic, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
     variants["int8 (PyTorch dynamic, every Linear)"] = dynamic
     with tempfile.TemporaryDirectory() as tmp:
-        try:
-            onnx_fp32 = export_onnx(fp32, Path(tmp))
-            from onnxruntime.quantization import QuantType, quantize_dynamic
-
-            onnx_int8 = Path(tmp) / "model.int8.onnx"
-            quantize_dynamic(str(onnx_fp32), str(onnx_int8), weight_type=QuantType.QInt8, per_channel=True)
-            window = fp32.max_seq_length
-            variants["fp32 (ONNX Runtime)"] = OrtEmbedder(onnx_fp32, fp32.tokenizer, window)
-            variants["int8 (ONNX Runtime dynamic, per channel)"] = OrtEmbedder(onnx_int8, fp32.tokenizer, window)
-        except (ImportError, ModuleNotFoundError) as e:  # torch's exporter needs the `onnx` package
-            print(f"ONNX variants skipped: {e}")
+        variants["int8 (ONNX Runtime dynamic, per channel)"] = OnnxEmbedder(quantize(paths.EMBEDDER_MODEL, Path(tmp)))
         report: dict[str, Any] = {"threads": torch.get_num_threads(), "chunks": len(chunks)}
         for name, model in variants.items():
             vectors = np.asarray(model.encode(chunks, batch_size=p.index.batch_size, normalize_embeddings=True))
