@@ -50,11 +50,6 @@ class Prefilling(Generic[T]):
     logits: torch.Tensor | None = None
     """(g, vocab): the last column's logits, once every column has run."""
 
-    @property
-    def remaining(self) -> int:
-        """Prompt tokens still to run, padding included (what a step's budget counts)."""
-        return (self.ids.shape[1] - self.done) * self.ids.shape[0]
-
 
 def begin_prefill(
     model: PreTrainedModel, rows: list[T], inputs: Sequence[Sequence[int]], pad_id: int, prefix: Prefix | None = None
