@@ -160,7 +160,7 @@ def rerank_in_process(asked: list[str], candidates: list[list[str]]) -> dict[str
 
 
 def targets(rag: dict[str, Any]) -> dict[str, Any]:
-    """The issue's RAG targets against this run's figures (True: met)."""
+    """This run's figures for the issue's RAG targets (each key names its target)."""
     stage = rag.get("stages", {})
     in_process = rag.get("rerank_in_process")
     rerank = stage.get("rerank_ms", {}).get("p50") or (in_process.get("p50") if isinstance(in_process, dict) else None)
