@@ -57,8 +57,9 @@ def return_freed_memory() -> None:
     """Hand freed heap pages back to the OS (glibc's `malloc_trim`; elsewhere, nothing to do).
 
     glibc keeps freed memory for reuse, so a process that built and dropped large tensors keeps them in its
-    resident set. Measured (`/proc/self/smaps_rollup`): loading the int8 chat variant, which builds a float skeleton
-    and swaps int8 Linears in, added 584 MB to the process, and 401 MB after this (its int8 weights are 328 MB).
+    resident set. Measured (PSS from `/proc/self/smaps_rollup` around `core.loading.load_chat` in one process):
+    loading the int8 chat variant, which builds a float skeleton and swaps int8 Linears in, added 584 MB to the
+    process, and 401 MB after this (its int8 weights are 328 MB).
     """
     gc.collect()
     with contextlib.suppress(OSError, AttributeError):

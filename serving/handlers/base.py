@@ -47,8 +47,9 @@ class RequestRecord:
 
     def timed(self, timings: dict[str, float]) -> None:
         """Take an engine's stage timings (`retrieve`, `rerank`, `prompt`: milliseconds)."""
-        for stage, ms in timings.items():
-            setattr(self, f"{stage}_ms", ms)
+        self.retrieve_ms = timings.get("retrieve", self.retrieve_ms)
+        self.rerank_ms = timings.get("rerank", self.rerank_ms)
+        self.prompt_ms = timings.get("prompt", self.prompt_ms)
 
     def stages(self) -> dict[str, float]:
         """The stages timed so far, in milliseconds: what `Server-Timing` and the stage histogram report."""

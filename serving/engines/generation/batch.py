@@ -91,8 +91,9 @@ class Batch(Generic[T]):
 class SlackLayer(DynamicLayer):
     """transformers' `DynamicLayer` with room to grow: keys and values are views into buffers longer than the
     sequence, so a decode step writes its one new position in place instead of copying the whole layer
-    (`torch.cat`, the stock layer's way). Measured (int8 chat, 4 rows of ~600 cached tokens, 2 threads): 46.0 ms
-    a decode step with the stock layer, 42.1 with this one, the same tokens. When the buffer is full, or the
+    (`torch.cat`, the stock layer's way). Measured (`python -m benchmarks.profile_batch_decode`: int8 chat, 4 rows
+    of ~600 cached tokens, 2 threads): 46.0 ms a decode step with the stock layer, 42.1 with this one, the same
+    tokens. When the buffer is full, or the
     batch replaced the tensors (`Batch.merge` / `select`), the layer copies them into a new buffer with a quarter
     more room (64 positions at least), so the copying is amortised over many steps."""
 
