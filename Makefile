@@ -17,16 +17,19 @@ export DO_NOT_TRACK := 1
 export WANDB_SILENT := true
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help install lock pipeline serve test test-fast lint format wrk bench bench-peers bench-hot bench-batching clean
+.PHONY: help install lock pipeline push pull serve test test-fast lint format browser screenshots wrk bench bench-peers bench-hot bench-batching clean
 
 help:
 	@echo "make serve     install, run the pipeline (dvc repro, only what is stale) and serve on :3000"
 	@echo "make test      install if needed, lint, and run every test"
 	@echo "make pipeline  install and dvc repro"
+	@echo "make push      the pipeline, then dvc push of every output to the DVC remote (default ~/.cache/modelplatform/dvc-remote)"
+	@echo "make pull      dvc pull: a fresh clone gets a run's outputs without re-running it"
 	@echo "make bench     latency / throughput benchmarks: ratios against a same-run baseline, the peers and limits"
 	@echo "make bench-peers  install llama-server, infinity (.bench/, once; llama-server builds ~30 min on 2 cores)"
 	@echo "make bench-hot in-process hot paths (pytest-benchmark), each run saved and compared with the last"
 	@echo "make bench-batching  BentoML adaptive batching vs our embedder micro-batcher (~12 min)"
+	@echo "make screenshots  the playground's pictures in docs/img/, from this checkout's champions (after make pipeline)"
 	@echo "make lock      re-resolve requirements.lock from pyproject.toml"
 
 install: $(VENV)/.installed
@@ -52,6 +55,14 @@ lock:
 pipeline: install
 	$(BIN)/dvc repro
 
+# Every output goes to the DVC remote after a successful run (.dvc/config: a folder shared by every clone on this
+# machine by default; `dvc remote add -d` an S3/GCS/Azure remote for a team, README "DVC remote").
+push: pipeline
+	$(BIN)/dvc push
+
+pull: install
+	$(BIN)/dvc pull
+
 serve: pipeline
 	$(BIN)/bentoml serve
 
@@ -64,8 +75,18 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: install lint
+test: install lint browser
 	$(BIN)/pytest
+
+# The playground's browser test drives Debian's chromium (Playwright cannot download its own browser here).
+# Without recommends: 25 packages, ~1 min. If it cannot be installed, the browser test fails and says why.
+browser:
+	command -v chromium >/dev/null || (DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium \
+		|| (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium)) \
+		|| echo "chromium could not be installed: the playground's browser test will fail (tests/browser.py)"
+
+screenshots: install browser
+	$(BIN)/python -m tests.screenshots --out docs/img
 
 test-fast: install
 	$(BIN)/pytest -m "not slow"

@@ -11,7 +11,8 @@ healthy) and /metrics (our histograms, counters and gauges included); /v1/status
 
 Layers: routes (this file, serving/http.py) -> handlers (serving/handlers/, one module per endpoint
 family) -> services (serving/engines/, assembled in serving/platform.py) -> models (serving/registry.py:
-alias -> version -> cached files -> loaded).
+alias -> version -> cached files -> loaded). The platform and its handlers are one `Live` set that a live rollout
+(serving/rollout.py) replaces whole when a served registry alias moves; each request reads the set once.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from fastapi.responses import JSONResponse, Response
 from serving.handlers import Handlers
 from serving.http import cancel_on_disconnect, create_app, respond
 from serving.metrics import PrometheusObserver, record_request
-from serving.platform import Platform
-from serving.registry import load_models
+from serving.playground import create_playground_app
+from serving.rollout import Live, Rollout, build_platform
 from serving.schemas import ChatCompletionRequest, EmbeddingRequest, RagRequest, RerankRequest, SearchRequest
 from serving.schemas.anthropic import CountTokensRequest, MessagesRequest
 from serving.schemas.completions import CompletionRequest, DetokenizeRequest, TokenizeRequest
@@ -38,6 +39,8 @@ app = create_app(SETTINGS, on_request=record_request)
 # vLLM serves /tokenize and /detokenize at the root, not under /v1: the same handlers, mounted there too
 # (BentoML's PassiveMount matches only these two paths, so /readyz, /metrics and the rest stay BentoML's).
 root_app = create_app(SETTINGS, on_request=record_request)
+# The playground page at /playground (and / redirecting there): public static files, outside the API's edge.
+playground_app = create_playground_app()
 
 
 @bentoml.service(
@@ -55,6 +58,7 @@ root_app = create_app(SETTINGS, on_request=record_request)
 )
 @bentoml.asgi_app(app, path="/v1")
 @bentoml.asgi_app(root_app, path="/")
+@bentoml.asgi_app(playground_app, path="/")
 class ModelPlatform:
     def __init__(self) -> None:
         # BentoML leaves the root logger at WARNING; our per-request and start-up lines are INFO.
@@ -62,23 +66,25 @@ class ModelPlatform:
             logging.getLogger(name).setLevel(SETTINGS.log_level)
         if SETTINGS.serving.torch_threads:
             torch.set_num_threads(SETTINGS.serving.torch_threads)
-        self.platform = Platform.build(load_models(SETTINGS), SETTINGS, observer=PrometheusObserver())
-        self.platform.start()
-        self.handlers = Handlers.build(self.platform, SETTINGS)
+        observer = PrometheusObserver()
+        # Start-up and each live rollout build the same way: load what the aliases name, build, warm.
+        self.rollout = Rollout(SETTINGS, lambda settings: build_platform(settings, observer))
+        self.live = Live(build_platform(SETTINGS, observer), SETTINGS, self.rollout)
+        self.rollout.start(self.live)
 
     def __is_ready__(self) -> bool:
-        return self.platform.is_ready()
+        return self.live.platform.is_ready()
 
     def __is_alive__(self) -> bool:
-        return self.platform.is_alive()
+        return self.live.platform.is_alive()
 
 
 # The routes are module functions, not methods of the class: BentoML injects `self` into FastAPI class
 # views through a sync dependency, which FastAPI runs in its thread pool, a thread hop on every request
 # (seen with py-spy under 64 embedding clients: ~40 pool threads and their GIL traffic).
 def handlers() -> Handlers:
-    """The running service's handlers."""
-    found: Handlers = bentoml.get_current_service().handlers
+    """The handlers serving now (read once per request: a live rollout swaps them between requests)."""
+    found: Handlers = bentoml.get_current_service().live.handlers
     return found
 
 

@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from core.html_report import Report
+
 ROOT = Path(__file__).resolve().parent.parent
 CONCURRENCY = (1, 4, 16)
 
@@ -160,10 +162,17 @@ def plots(report: dict[str, Any], folder: Path) -> list[Path]:
 
 
 def publish(folder: Path, report: dict[str, Any], table: str, made: list[Path], docs_name: str | None) -> None:
-    """Write `report.json` and `report.md` (`table`) into `folder` and print the table; with `docs_name`, copy the
-    table (under that name) and the plots `made` into docs/bench/ for the README."""
+    """Write `report.json`, `report.md` (`table`) and `report.html` (the table and the plots `made`, in the pipeline
+    report's look: core/html_report.py) into `folder` and print the table; with `docs_name`, copy the table (under
+    that name) and the plots into docs/bench/ for the README."""
     (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (folder / "report.md").write_text(table)
+    page = Report(f"modelplatform benchmark: {folder.name}", "Written by `make bench`; the figures are report.json's")
+    page.markdown_table(table)
+    page.section("Plots")
+    for path in made:
+        page.image(path, path.stem.replace("_", " "))
+    page.write(folder / "report.html")
     print(table)
     if docs_name:
         docs = ROOT / "docs" / "bench"

@@ -70,7 +70,7 @@ class Environment:
     log_level: str
     """`LOG_LEVEL` (default INFO), upper-cased; `core.log` rejects a name `logging` does not know."""
     tracking_uri: str | None
-    """`MLFLOW_TRACKING_URI`; None means the embedded sqlite database under `state/` (`tracking_uri()`)."""
+    """`MLFLOW_TRACKING_URI`; None: the embedded sqlite database `mlflow.db` in the project root (`tracking_uri()`)."""
     wandb_mode: str
     """`WANDB_MODE`, else `online` when `WANDB_API_KEY` is set, else `offline`."""
 
@@ -114,11 +114,15 @@ PROJECT_ROOT = project_root()
 
 
 def tracking_uri() -> str:
-    """MLflow tracking and registry URI: `MLFLOW_TRACKING_URI`, else the embedded sqlite database in `state/`.
+    """MLflow tracking and registry URI: `MLFLOW_TRACKING_URI`, else the embedded sqlite database `mlflow.db` in
+    the project root.
 
-    The default is absolute so that a stage, a test or a fresh process all reach the same database.
+    That is where MLflow itself looks by default (`sqlite:///mlflow.db` in the working folder, since 3.7), so
+    `mlflow ui` started from the repo root with no arguments shows the runs and the registry. The default is
+    absolute so that a stage, a test or a fresh process all reach the same database. (The run artifacts stay
+    under `state/mlartifacts`: `core.tracking` gives the experiment that location.)
     """
-    return environment().tracking_uri or f"sqlite:///{PROJECT_ROOT / 'state' / 'mlflow.db'}"
+    return environment().tracking_uri or f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
 
 
 def wandb_mode() -> str:

@@ -1,5 +1,6 @@
 """Where things live. Pipeline outputs go under `artifacts/` (DVC outs, git-ignored); mutable
-local state (MLflow database and artifacts, Chroma, W&B, caches) under `state/` (git-ignored).
+local state (MLflow artifacts, Chroma, W&B, caches) under `state/` (git-ignored); the MLflow database is
+`mlflow.db` in the root, where `mlflow ui` looks by default (`core.config.tracking_uri`).
 
 The root and the download cache come from the environment through `core.config` (`MODELPLATFORM_ROOT`,
 `MODELPLATFORM_CACHE`). The `artifacts/` paths are also named in `dvc.yaml`; `tests/code/test_paths.py`
@@ -56,6 +57,9 @@ RAG_METRICS = ARTIFACTS / "metrics" / "rag.json"
 RAG_REPORT = ARTIFACTS / "reports" / "rag_answers.json"
 INDEX_MANIFEST = ARTIFACTS / "index" / "manifest.json"
 LEXICAL_INDEX = ARTIFACTS / "index" / "lexical"
+PIPELINE_REPORT = ARTIFACTS / "reports" / "pipeline.html"
+"""Stage `report`: the run as one HTML page (evaluation/report.py)."""
+CHUNK_TOKENS_PLOT = ARTIFACTS / "plots" / "chunk_tokens.csv"
 
 MODEL_CACHE = environment().cache
 """Downloaded wheels and other inputs shared by every copy of the project on this machine."""

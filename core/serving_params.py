@@ -49,6 +49,10 @@ class ServingParams(Section):
     retrieval_alias: str = "champion"
     """Registry alias served for `models.retrieval_name`: the embedder version, chunks, search mode and lexical
     index, as one unit; the active Chroma index must have been built from it (`dvc repro index`)."""
+    rollout_poll_s: float = Field(default=30.0, ge=0)
+    """Seconds between checks of `chat_alias` and `retrieval_alias` in the registry; when one has moved, the new
+    versions are loaded and warmed beside the running ones and new requests switch to them (serving/rollout.py).
+    0: off."""
     cache_dir: str = "state/serving-cache"
     """Downloaded model versions, one folder per name/version, so a restart works without the registry."""
     chat_max_batch_size: int = Field(default=16, ge=1, le=256)

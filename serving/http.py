@@ -186,6 +186,8 @@ class EdgeMiddleware:
                 status = message["status"]
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+                if record.model and record.version:  # which registry version answered (a rollout changes it)
+                    message["headers"].append((b"x-model-version", f"{record.model}/{record.version}".encode()))
                 if stages := record.stages():  # W3C Server-Timing: browsers' dev tools show it per request
                     timing = ", ".join(f"{k};dur={v:.1f}" for k, v in stages.items())
                     message["headers"].append((b"server-timing", timing.encode()))

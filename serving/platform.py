@@ -116,6 +116,11 @@ class Platform:
         restart the process (BentoML's /livez), not only stop routing to it (/readyz)."""
         return all(engine.health().healthy for engine in (self.chat, self.embedder))
 
+    def busy(self) -> int:
+        """Requests (chat) and texts (embedder) still running or queued: a retired platform waits for 0."""
+        return sum(e.load()["running"] + e.load()["waiting"] for e in (self.chat, self.embedder))
+
     def stop(self) -> None:
         self.ready = False
         self.chat.stop()
+        self.embedder.close()

@@ -169,6 +169,13 @@ class EmbedderEngine:
         self.backoff.succeeded()
         return out
 
+    def close(self) -> None:
+        """Stop the batching loop and its forward thread (a rollout retiring this engine; nothing is queued)."""
+        worker, self._worker, self._queue = self._worker, None, None
+        if worker is not None and not worker.done():
+            worker.get_loop().call_soon_threadsafe(worker.cancel)
+        self._pool.shutdown(wait=False)
+
     def warmup(self) -> None:
         self.embed_sync(["warm up"])
         self._report_load()  # the gauges exist (at 0) from the start, not from the first request

@@ -12,7 +12,7 @@ from serving.handlers.chat import ChatHandler
 from serving.handlers.completions import CompletionsHandler
 from serving.handlers.embeddings import EmbeddingsHandler
 from serving.handlers.messages import MessagesHandler
-from serving.handlers.models import ModelsHandler
+from serving.handlers.models import ModelsHandler, RolloutView
 from serving.handlers.rag import RagHandler
 from serving.handlers.retrieval import RetrievalHandler
 from serving.handlers.upstream import Upstreams
@@ -36,7 +36,7 @@ class Handlers:
     """Legacy text completions, tokenize and detokenize."""
 
     @classmethod
-    def build(cls, platform: Platform, settings: Settings) -> Handlers:
+    def build(cls, platform: Platform, settings: Settings, rollout: RolloutView | None = None) -> Handlers:
         limits = SamplingLimits.of(settings.serving)
         log_text = settings.serving.log_text
         rag = RagHandler(platform, limits)
@@ -48,7 +48,7 @@ class Handlers:
             embeddings=EmbeddingsHandler(platform),
             retrieval=RetrievalHandler(platform),
             rag=rag,
-            models=ModelsHandler(platform, upstreams),
+            models=ModelsHandler(platform, upstreams, rollout),
             completions=CompletionsHandler(platform, limits),
             messages=MessagesHandler(
                 platform, chat, settings.serving.messages_temperature, settings.serving.messages_top_p

@@ -4,18 +4,26 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict
-from typing import Any
+from typing import Any, Protocol
 
 from serving.handlers.base import CHAT, EMBEDDER, RAG, RERANKER, RETRIEVAL
 from serving.handlers.upstream import Upstreams
 from serving.platform import Platform
 from serving.schemas import EngineStatus, ModelCard, ModelList, ServedVersion, StatusResponse
+from serving.schemas.status import RolloutStatus
+
+
+class RolloutView(Protocol):
+    def status(self) -> RolloutStatus: ...
 
 
 class ModelsHandler:
-    def __init__(self, platform: Platform, upstreams: Upstreams | None = None) -> None:
+    def __init__(
+        self, platform: Platform, upstreams: Upstreams | None = None, rollout: RolloutView | None = None
+    ) -> None:
         self.platform = platform
         self.upstreams = upstreams or Upstreams()
+        self.rollout = rollout
 
     def list(self) -> ModelList:
         p, now = self.platform, int(time.time())
@@ -69,4 +77,5 @@ class ModelsHandler:
             reranker=p.reranker is not None,
             abstain_below=p.retriever.config.abstain_threshold,
             abstain_score=p.retriever.config.abstain_score,
+            rollout=self.rollout.status() if self.rollout is not None else None,
         )

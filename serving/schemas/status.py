@@ -54,6 +54,22 @@ class ServedVersion(BaseModel):
         return cls(name=info.name, alias=info.alias, version=info.version, from_cache_only=info.from_cache_only)
 
 
+class RolloutStatus(BaseModel):
+    """The live rollout (serving/rollout.py): what it is doing, and why the last switch did not happen."""
+
+    poll_s: float
+    """Seconds between checks of the served aliases (0: off)."""
+    state: Literal["off", "watching", "loading", "draining", "failed"]
+    reason: str | None = None
+    """What moved (loading, draining), or why the new versions are not served (failed)."""
+    target: dict[str, str] | None = None
+    """The versions being loaded, or that failed to load (`chat`, `retrieval`)."""
+    checked_at: float | None = None
+    """When the aliases were last read (Unix time)."""
+    switched_at: float | None = None
+    switches: int = 0
+
+
 class StatusResponse(BaseModel):
     ready: bool
     reason: str | None = None
@@ -72,3 +88,5 @@ class StatusResponse(BaseModel):
     """RAG says it found nothing relevant when the best hit's score is below this (None: it always answers)."""
     abstain_score: str | None
     """Which score that is: `reranker` or `dense` (cosine)."""
+    rollout: RolloutStatus | None = None
+    """The live rollout's state (None where the server was built without one)."""

@@ -48,7 +48,7 @@ def test_device_comes_from_the_argument_then_the_environment(monkeypatch: pytest
 
 def test_tracking_uri_defaults_to_this_copys_database(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert config.tracking_uri() == f"sqlite:///{config.PROJECT_ROOT / 'state' / 'mlflow.db'}"
+    assert config.tracking_uri() == f"sqlite:///{config.PROJECT_ROOT / 'mlflow.db'}"  # where `mlflow ui` looks
 
 
 def test_a_bad_log_level_says_which_names_work(monkeypatch: pytest.MonkeyPatch) -> None:

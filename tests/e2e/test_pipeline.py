@@ -9,17 +9,21 @@ gate (a second register run in another copy) refuses the candidate and leaves th
 from __future__ import annotations
 
 import csv
+import html
 import json
 import shutil
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
-from tests.conftest import copy_project, run
+from serving.launch import free_port, started_process
+from tests.conftest import VENV_BIN, copy_project, project_env, run
 
 pytestmark = pytest.mark.slow
 
@@ -229,7 +233,7 @@ def _strict_copy(pipeline: Path, dest: Path) -> Path:
         (repo / "artifacts").mkdir(exist_ok=True)
         (repo / "artifacts" / part).symlink_to(pipeline / "artifacts" / part)
     (repo / "state").mkdir()
-    shutil.copy(pipeline / "state" / "mlflow.db", repo / "state" / "mlflow.db")
+    shutil.copy(pipeline / "mlflow.db", repo / "mlflow.db")
     return repo
 
 
@@ -409,3 +413,53 @@ def test_champions_load_in_a_fresh_process(pipeline: Path) -> None:
     assert (result["embedder"], result["chat"]) == (report["embedder"]["version"], report["chat"]["version"])
     assert result["emb_diff"] < 1e-5 and result["chat_diff"] < 1e-4, result
     assert result["count"] > 0 and len(result["hits"]) == 3
+
+
+def test_mlflow_ui_with_no_store_arguments_shows_the_runs_and_the_registry(pipeline: Path, tmp_path: Path) -> None:
+    """`mlflow ui` from the project root, the usual way (only a free port, no store flags), reads the pipeline's
+    database: the runs, the champions' aliases, and each version's gate decision and the run it came from."""
+    port = free_port()
+    argv = [str(VENV_BIN / "mlflow"), "ui", "--host", "127.0.0.1", "--port", str(port)]
+    url = f"http://127.0.0.1:{port}"
+    with started_process(argv, pipeline, tmp_path / "mlflow-ui.log", url, "/health", project_env(pipeline), 300):
+        api = f"{url}/api/2.0/mlflow"
+        models = httpx.get(f"{api}/registered-models/search", params={"max_results": 100}, timeout=60).json()
+        aliases = {m["name"]: {a["alias"] for a in m.get("aliases", [])} for m in models["registered_models"]}
+        assert {"embedder", "chat", "retrieval"} <= {n for n, a in aliases.items() if "champion" in a}, aliases
+        champion = httpx.get(f"{api}/registered-models/alias", params={"name": "chat", "alias": "champion"}, timeout=60)
+        version = champion.json()["model_version"]
+        tags = {t["key"]: t["value"] for t in version.get("tags", [])}
+        assert tags["gate.decision"] == "promoted" and tags["gate.reasons"], tags
+        run = httpx.get(f"{api}/runs/get", params={"run_id": version["run_id"]}, timeout=60).json()["run"]
+        assert run["info"]["status"] == "FINISHED" and run["data"].get("metrics"), run["info"]
+
+
+def test_the_run_report_shows_corpus_training_quality_gates_and_versions(pipeline: Path) -> None:
+    """`dvc repro` writes one self-contained HTML page of the run, with the run's own numbers in it."""
+    page = (pipeline / "artifacts/reports/pipeline.html").read_text()
+    for heading in ("Corpus", "Training", "Retrieval quality", "Generation quality", "Gate decisions", "Registry"):
+        assert f"<h2>{heading}" in page, heading
+    assert page.count("data:image/png;base64,") >= 3  # chunk lengths, loss curves, recall@k: embedded
+    assert "<script" not in page and 'src="http' not in page  # opens offline
+    reg, ev = _register_json(pipeline), _evaluate_json(pipeline)
+    assert f"<td>chat</td><td>{reg['chat']['version']}</td>" in page
+    assert f"{ev['embedder']['finetuned']['mrr@10']:.4f}" in page and f"{ev['naive']['mrr@10']:.4f}" in page
+    for reason in reg["embedder"]["reasons"] + reg["chat"]["reasons"]:
+        assert html.escape(reason) in page, reason
+
+
+def test_a_pushed_run_pulls_into_a_fresh_clone_with_nothing_to_rerun(pipeline: Path, tmp_path: Path) -> None:
+    """`dvc push` sends every output (models, datasets, metrics, reports) to the remote; a fresh clone with the
+    run's committed dvc.lock pulls them and `dvc status` finds nothing stale: no stage needs to run again."""
+    remote = tmp_path / "remote"  # not the machine's default remote (.dvc/config): a private one, set locally
+    run(["dvc", "remote", "modify", "--local", "local", "url", str(remote)], pipeline)
+    run(["dvc", "push"], pipeline)
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(pipeline), str(clone)], check=True)
+    for committed in ("dvc.lock", "params.yaml"):  # what the user commits after the run (the copy did not)
+        shutil.copy(pipeline / committed, clone / committed)
+    run(["dvc", "remote", "modify", "--local", "local", "url", str(remote)], clone)
+    run(["dvc", "pull"], clone)
+    assert "Data and pipelines are up to date" in run(["dvc", "status"], clone).stdout
+    assert (clone / "artifacts/models/chat").is_dir() and (clone / "artifacts/reports/pipeline.html").is_file()
+    assert json.loads((clone / "artifacts/metrics/evaluate.json").read_text()) == _evaluate_json(pipeline)

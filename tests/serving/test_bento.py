@@ -9,8 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
+
+from serving.launch import started_server
+from tests.conftest import project_env
+from tests.serving.conftest import STARTUP_TIMEOUT_S
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -42,8 +47,11 @@ def test_bento_carries_the_code_and_not_the_data(bento: Path) -> None:
         "serving/http.py",
         "serving/engines/chat.py",
         "core/config.py",
-        "core/chat_template.jinja",
-    )  # the tool-call format the server renders prompts with
+        "core/chat_template.jinja",  # the tool-call format the server renders prompts with
+        "serving/playground/index.html",  # the playground's static files
+        "serving/playground/app.js",
+        "serving/playground/app.css",
+    )
     for needed in needed_files:
         assert (src / needed).is_file(), needed
     for left_out in ("tests", "state", "artifacts", "data", "training", "mlflow.db", ".venv"):
@@ -69,3 +77,27 @@ def test_containerize_has_a_dockerfile(bento: Path) -> None:
     assert "torch==2.13.0" in (bento / "env" / "python" / "requirements.txt").read_text()
     assert "ENV HF_HUB_OFFLINE" in dockerfile
     assert "ENTRYPOINT" in dockerfile
+
+
+def test_the_built_bento_serves(bento: Path, champion_project: Path, tmp_path: Path) -> None:
+    """`bentoml serve <tag>` runs the bento itself (its own copy of the code and params, not this source tree),
+    pointed at the project's registry and index by environment alone, as a container would be."""
+    tag = f"modelplatform:{bento.name}"
+    env = {
+        **project_env(champion_project),
+        "BENTOML_HOME": str(bento.parents[2]),  # the store the fixture built into
+        "MLFLOW_TRACKING_URI": f"sqlite:///{champion_project / 'mlflow.db'}",
+        "SERVING_CHROMA_PATH": str(champion_project / "state" / "chroma"),
+        "SERVING_CACHE_DIR": str(tmp_path / "cache"),
+        "SERVING_RESOURCES_GPU": "0",
+    }
+    env.pop("PYTHONPATH", None)  # nothing from the source tree: the bento's own src/ is what runs
+    with started_server(tmp_path, tmp_path / "bento.log", env, timeout_s=STARTUP_TIMEOUT_S, target=tag) as server:
+        r = httpx.post(
+            f"{server.url}/v1/chat/completions",
+            json={"model": "chat", "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 2},
+            timeout=120,
+        )
+        assert r.status_code == 200, r.text
+        search = httpx.post(f"{server.url}/v1/search", json={"query": "json", "top_k": 2}, timeout=60)
+        assert search.status_code == 200 and len(search.json()["results"]) == 2
