@@ -132,6 +132,8 @@ class Report:
     def markdown_table(self, text: str) -> Report:
         """A report's markdown (`| a | b |` tables, `#` headings, other lines as paragraphs), in this look."""
         rows: list[list[str]] = []
+        if not self._open and not text.lstrip().startswith("#"):
+            self.section("Results")
 
         def flush() -> None:
             if rows:

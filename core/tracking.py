@@ -149,15 +149,37 @@ def tracked_run(run_name: str, config: Mapping[str, Any], tags: Mapping[str, str
                 wb.finish()
 
 
+_STAND_INS: dict[str, str] = {}
+"""Training run id -> the run standing in for it in this tracking store (`resume_run`), per process."""
+
+
 @contextmanager
 def resume_run(run_id: str) -> Iterator[None]:
     """Reopen an existing MLflow run (the one that trained a model) so later stages log into it.
 
+    When this tracking store does not know the run (the model was trained while MLflow pointed elsewhere, e.g.
+    the embedded database, before `MLFLOW_TRACKING_URI` named the team's server), a run is started in its place,
+    tagged `trained_in_run` with the original id, and later resumes of that id in this process reopen it: the
+    model is still logged and registered, and its lineage says where training was recorded.
+
     Args:
         run_id: the run's id, as the training stage wrote it to its metrics file.
     """
+    from mlflow.exceptions import MlflowException
+
     setup_mlflow()
-    with mlflow.start_run(run_id=run_id):
+    target = _STAND_INS.get(run_id, run_id)
+    try:
+        mlflow.get_run(target)
+    except MlflowException as e:
+        if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        log.warning("run %s is not in %s; logging into a new run that stands in for it", run_id, tracking_uri())
+        with mlflow.start_run(run_name=f"stand-in-{run_id[:8]}", tags={"trained_in_run": run_id}) as run:
+            _STAND_INS[run_id] = run.info.run_id
+            yield
+        return
+    with mlflow.start_run(run_id=target):
         yield
 
 
