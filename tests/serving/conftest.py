@@ -14,12 +14,14 @@ the venv's tools), on a free port, with test-sized limits through `SERVING_*` ov
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import torch
 
@@ -49,6 +51,7 @@ SERVER_ENV = {
     "SERVING_MESSAGES_TEMPERATURE": "0",
 }
 STARTUP_TIMEOUT_S = 300
+STATUS_WAIT_S = 180  # hang guard for server state, not a timing
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,23 @@ class Server:
     @property
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {API_KEYS[0]}"}
+
+
+def until_status(
+    server: Server, what: str, ok: Callable[[dict[str, Any]], bool], timeout_s: float = STATUS_WAIT_S
+) -> dict[str, Any]:
+    """Poll /v1/status until `ok(status)` holds and return that status; fail with the last one after `timeout_s`.
+
+    The server's engine and rollout state has no push channel, so this polls; it waits for a condition, not for
+    a time, and passes at any CPU speed.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status: dict[str, Any] = httpx.get(f"{server.url}/v1/status", headers=server.headers, timeout=30).json()
+        if ok(status):
+            return status
+        assert time.monotonic() < deadline, f"server never reached: {what}; last status {status}"
+        time.sleep(0.05)
 
 
 @pytest.fixture(scope="session")

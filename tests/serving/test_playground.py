@@ -8,7 +8,6 @@ Waits are on the page's own state (`data-state`, text) and the server's /v1/stat
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -17,7 +16,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from tests.browser import NoChromium, chromium, chromium_path
-from tests.serving.conftest import API_KEYS, Server
+from tests.serving.conftest import API_KEYS, Server, until_status
 
 pytestmark = pytest.mark.slow
 
@@ -50,12 +49,8 @@ def _status(server: Server) -> dict[str, Any]:
     return found
 
 
-def _until(server: Server, what: str, ok: Callable[[dict[str, Any]], bool]) -> None:
-    """Poll the chat engine's /v1/status until `ok` holds (a condition with a hang guard, not a timing)."""
-    deadline = time.monotonic() + WAIT_MS / 1000
-    while not ok(chat := _status(server)["engines"]["chat"]):
-        assert time.monotonic() < deadline, f"server never reached: {what}; last {chat}"
-        time.sleep(0.05)
+def _chat_until(server: Server, what: str, ok: Callable[[dict[str, Any]], bool]) -> None:
+    until_status(server, what, lambda status: ok(status["engines"]["chat"]))
 
 
 def _settings(page: Page, max_tokens: int, temperature: float = 0.0) -> None:
@@ -101,16 +96,16 @@ def test_chat_streams_the_same_greedy_answer_the_api_gives(page: Page, server: S
 
 def test_stop_cancels_the_answer_on_the_server(page: Page, server: Server) -> None:
     page.click("#chat-clear")
-    _until(server, "idle before the test", lambda s: s["running"] == 0 and s["waiting"] == 0)
+    _chat_until(server, "idle before the test", lambda s: s["running"] == 0 and s["waiting"] == 0)
     _settings(page, 200)  # >= 10 s at 50 ms per step
     page.fill("#chat-input", Q)
     page.click("#chat-send")
     reply = page.locator(".turn.assistant").last
     expect(reply).not_to_have_attribute("data-deltas", "0")  # streaming has begun
-    _until(server, "the answer running", lambda s: s["running"] == 1)
+    _chat_until(server, "the answer running", lambda s: s["running"] == 1)
     page.click("#chat-stop")
     expect(reply).to_have_attribute("data-state", "stopped")
-    _until(server, "the slot freed after Stop", lambda s: s["running"] == 0 and s["waiting"] == 0)
+    _chat_until(server, "the slot freed after Stop", lambda s: s["running"] == 0 and s["waiting"] == 0)
     expect(page.locator("#chat-send")).to_be_enabled()
 
 

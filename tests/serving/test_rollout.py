@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import shutil
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from mlflow import MlflowClient
 from core.registry import Registry
 from serving.launch import ServerStartError, started_server
 from tests.conftest import project_env
-from tests.serving.conftest import SERVER_ENV, STARTUP_TIMEOUT_S, Server
+from tests.serving.conftest import SERVER_ENV, STARTUP_TIMEOUT_S, Server, until_status
 
 pytestmark = pytest.mark.slow
 
@@ -62,23 +61,20 @@ def _get(server: Server, path: str) -> dict[str, Any]:
     return found
 
 
-def _until(server: Server, what: str, ok: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
-    """Poll /v1/status until `ok` holds (a condition with a hang guard, not a timing)."""
-    deadline = time.monotonic() + WAIT_S
-    while not ok(status := _get(server, "/v1/status")):
-        assert time.monotonic() < deadline, f"never reached: {what}; last rollout status {status.get('rollout')}"
-        time.sleep(0.1)
-    return status
-
-
 class Traffic:
     """Chat and embedding requests in a loop on a thread, recording each status and the version that answered."""
 
     def __init__(self, server: Server) -> None:
         self.server = server
         self.seen: list[tuple[int, str]] = []
+        self._answered = threading.Condition()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def wait_for(self, count: int) -> None:
+        """Block until `count` requests have been answered (a hang guard, not a timing)."""
+        with self._answered:
+            assert self._answered.wait_for(lambda: len(self.seen) >= count, timeout=WAIT_S), len(self.seen)
 
     def _run(self) -> None:
         chat = {"model": "chat", "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 2}
@@ -87,7 +83,9 @@ class Traffic:
             while not self._stop.is_set():
                 for path, body in (("/v1/chat/completions", chat), ("/v1/embeddings", embed)):
                     r = c.post(path, json=body)
-                    self.seen.append((r.status_code, r.headers.get("x-model-version", "")))
+                    with self._answered:
+                        self.seen.append((r.status_code, r.headers.get("x-model-version", "")))
+                        self._answered.notify_all()
 
     def __enter__(self) -> Traffic:
         self._thread.start()
@@ -111,21 +109,20 @@ def _new_version(registry: str, name: str, source_version: str | None = None, so
 
 
 def test_a_promotion_is_served_live_with_no_failed_request(rollout_server: Server, registry_copy: str) -> None:
-    status = _until(rollout_server, "watching", lambda s: s["rollout"]["state"] == "watching")
+    status = until_status(rollout_server, "watching", lambda s: s["rollout"]["state"] == "watching")
     old = status["models"]["chat"]["version"]
     with Traffic(rollout_server) as traffic:
-        _until(rollout_server, "requests on the old version", lambda s: len(traffic.seen) >= 4)
+        traffic.wait_for(4)  # requests on the old version
         new = _new_version(registry_copy, "chat", source_version=old)
-        status = _until(rollout_server, "switched", lambda s: s["models"]["chat"]["version"] == new)
-        switched_at = len(traffic.seen)
-        _until(rollout_server, "requests on the new version", lambda s: len(traffic.seen) >= switched_at + 4)
+        status = until_status(rollout_server, "switched", lambda s: s["models"]["chat"]["version"] == new)
+        traffic.wait_for(len(traffic.seen) + 4)  # requests on the new version
     assert [code for code, _ in traffic.seen if code != 200] == []  # no request failed during the switch
     versions = [v for _, v in traffic.seen if v.startswith("chat/")]
     assert versions[0] == f"chat/{old}" and versions[-1] == f"chat/{new}", versions
     assert versions == sorted(versions, key=lambda v: v != f"chat/{old}")  # old, then new: never back
     listed = {m["id"]: m["version"] for m in _get(rollout_server, "/v1/models")["data"]}
     assert listed["chat"] == new
-    rollout = _until(rollout_server, "done draining", lambda s: s["rollout"]["state"] == "watching")["rollout"]
+    rollout = until_status(rollout_server, "done draining", lambda s: s["rollout"]["state"] == "watching")["rollout"]
     assert rollout["switches"] == 1 and rollout["switched_at"] is not None
 
 
@@ -135,7 +132,7 @@ def test_a_version_that_cannot_load_leaves_the_old_one_serving(rollout_server: S
     client = MlflowClient(tracking_uri=registry_copy, registry_uri=registry_copy)
     embedder_files = client.get_model_version("embedder", status["models"]["embedder"]["version"]).source
     broken = _new_version(registry_copy, "chat", source=embedder_files)  # an embedder is no chat model
-    status = _until(rollout_server, "the failed load reported", lambda s: s["rollout"]["state"] == "failed")
+    status = until_status(rollout_server, "the failed load reported", lambda s: s["rollout"]["state"] == "failed")
     assert broken in status["rollout"]["reason"] and status["rollout"]["target"]["chat"] == broken
     assert status["models"]["chat"]["version"] == serving and status["ready"] is True
     r = httpx.post(
@@ -146,4 +143,4 @@ def test_a_version_that_cannot_load_leaves_the_old_one_serving(rollout_server: S
     )
     assert r.status_code == 200 and r.headers["x-model-version"] == f"chat/{serving}"
     Registry(registry_copy).promote("chat", "champion", serving)  # back: the rollout settles, loading nothing
-    _until(rollout_server, "watching again", lambda s: s["rollout"]["state"] == "watching")
+    until_status(rollout_server, "watching again", lambda s: s["rollout"]["state"] == "watching")
