@@ -37,6 +37,9 @@ from serving.settings import Settings
 
 log = get_logger(__name__)
 
+RETRY_MAX_S = 600.0
+"""Longest wait before loading the same failed versions again (the wait doubles from the poll interval)."""
+
 Build = Callable[[Settings], Platform]
 """Load, build and warm a platform for what the registry's aliases name now (start-up's path)."""
 
@@ -92,6 +95,9 @@ class Rollout:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # one check at a time
         self._retiring: Platform | None = None
+        self._failed: tuple[dict[str, str], float, float] | None = None
+        """The versions whose load failed, when to try them again, and the wait that gave (doubling per failure):
+        a broken version is not reloaded every poll, and an index still being built is picked up when ready."""
 
     def status(self) -> RolloutStatus:
         return self._status
@@ -147,7 +153,12 @@ class Rollout:
                 return False
             serving = self.serving()
             if wanted == serving:
+                self._failed = None
                 self._set(checked_at=now, state="watching", reason=None, target=None)
+                return False
+            again = self._failed is not None and self._failed[0] == wanted
+            if again and self._failed is not None and now < self._failed[1]:
+                self._set(checked_at=now)  # still failed, same reason: wait for the retry time
                 return False
             moved = ", ".join(f"{k} {serving[k]} -> {v}" for k, v in wanted.items() if serving[k] != v)
             log.info("rollout: alias moved (%s); loading the new versions beside the running ones", moved)
@@ -155,11 +166,13 @@ class Rollout:
             try:
                 platform = self.build(self.settings)
             except Exception as e:  # a failed load (missing index, bad files, out of memory) keeps the old set
-                reason = f"not switched ({moved}): {e}"
-                if reason != self._status.reason:
-                    log.warning("rollout: %s; still serving %s", reason, serving)
+                wait = min(self._failed[2] * 2, RETRY_MAX_S) if again and self._failed else self.poll_s
+                self._failed = (wanted, self.clock() + wait, wait)
+                reason = f"not switched ({moved}): {e}; next try in {wait:g}s"
+                (log.info if again else log.warning)("rollout: %s; still serving %s", reason, serving)
                 self._set(state="failed", reason=reason)
                 return False
+            self._failed = None
             assert self.live is not None
             self._retiring = self.live.switch(platform)
             log.info("rollout: switched (%s); new requests go to the new versions", moved)

@@ -26,6 +26,8 @@ from core.errors import (
 from serving.engines.embedder import EmbedderEngine
 from serving.errors import OPENAI_ERRORS, from_validation_errors, to_openai_error
 from serving.http import RateLimiter, create_app, sse_stream
+from serving.platform import Platform
+from serving.rollout import Rollout
 from serving.schemas import (
     ChatCompletionRequest,
     EmbeddingRequest,
@@ -328,3 +330,43 @@ def test_a_lone_request_does_not_wait_for_company() -> None:
 
     asyncio.run(main())
     assert model.batches == [1, 1, 1]
+
+
+class _Aliases(Rollout):
+    """The rollout's decisions over fixed alias versions (the registry and the running set are the server test's:
+    tests/serving/test_rollout.py); `build` fails like a broken version does."""
+
+    def __init__(self, now: list[float]) -> None:
+        settings = load_settings(load_params(ROOT / "params.yaml"), environ={"SERVING_ROLLOUT_POLL_S": "1"})
+        super().__init__(settings, self._build, clock=lambda: now[0])
+        self.aliases = {"chat": "2", "retrieval": "5"}
+        self.builds = 0
+
+    def _build(self, settings: object) -> Platform:
+        self.builds += 1
+        raise OSError("not a chat model")
+
+    def wanted(self) -> dict[str, str]:
+        return dict(self.aliases)
+
+    def serving(self) -> dict[str, str]:
+        return {"chat": "1", "retrieval": "5"}
+
+
+def test_a_version_that_fails_to_load_is_retried_with_a_doubling_wait_until_the_alias_moves() -> None:
+    now = [0.0]
+    rollout = _Aliases(now)
+    tries = []
+    for t in (0.0, 0.5, 1.0, 2.5, 3.0, 6.9, 7.0):
+        now[0] = t
+        rollout.check()
+        tries.append(rollout.builds)
+    assert tries == [1, 1, 2, 2, 3, 3, 4]  # retried after 1, 2, then 4 s
+    status = rollout.status()
+    assert status.state == "failed" and "not a chat model" in (status.reason or "") and "8s" in (status.reason or "")
+    rollout.aliases["chat"] = "3"  # another version: tried at once
+    rollout.check()
+    assert rollout.builds == 5
+    rollout.aliases["chat"] = "1"  # back to what is served: nothing to load, and the failure is forgotten
+    rollout.check()
+    assert rollout.builds == 5 and rollout.status().state == "watching" and rollout.status().reason is None
