@@ -260,7 +260,9 @@ class IndexParams(Section):
     collection_prefix: str = Field(default="chunks", pattern=r"^[a-zA-Z0-9][a-zA-Z0-9._-]{1,40}$")
     batch_size: int = Field(default=128, ge=1)
     keep_collections: int = Field(default=2, ge=1)
-    """Old collections kept after a switch (for rollback); older ones are deleted."""
+    """Collections kept after a switch, the new active one included (for rollback); older ones are deleted. Keep 2
+    or more while servers roll out live (serving/rollout.py): they search the previous collection until they
+    switch."""
 
     def chroma_dir(self) -> Path:
         p = Path(self.chroma_path)

@@ -9,6 +9,8 @@ waits are on the server's /v1/models and /v1/status, with hang guards.
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,8 +38,16 @@ def registry_copy(champion_project: Path, tmp_path_factory: pytest.TempPathFacto
 
 
 @pytest.fixture(scope="module")
+def chroma_copy(champion_project: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private copy of the index, so a collection built here for a new embedder touches no other server."""
+    folder = tmp_path_factory.mktemp("rollout-chroma") / "chroma"
+    shutil.copytree(champion_project / "state" / "chroma", folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
 def rollout_server(
-    champion_project: Path, registry_copy: str, tmp_path_factory: pytest.TempPathFactory
+    champion_project: Path, registry_copy: str, chroma_copy: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
     folder = tmp_path_factory.mktemp("rollout-server")
     env = {
@@ -46,6 +56,7 @@ def rollout_server(
         "BENTOML_HOME": str(folder / "bentoml-home"),
         "MLFLOW_TRACKING_URI": registry_copy,
         "SERVING_CACHE_DIR": str(folder / "cache"),
+        "SERVING_CHROMA_PATH": str(chroma_copy),
         "SERVING_ROLLOUT_POLL_S": "0.5",
         "SERVING_DEBUG_STEP_DELAY_MS": "0",
     }
@@ -144,3 +155,80 @@ def test_a_version_that_cannot_load_leaves_the_old_one_serving(rollout_server: S
     assert r.status_code == 200 and r.headers["x-model-version"] == f"chat/{serving}"
     Registry(registry_copy).promote("chat", "champion", serving)  # back: the rollout settles, loading nothing
     until_status(rollout_server, "watching again", lambda s: s["rollout"]["state"] == "watching")
+
+
+# Registers a new embedder version (the same files), then a retrieval unit naming it, and promotes the unit: what the
+# register stage does when a new embedder wins. Run as its own process, against the registry copy.
+NEW_UNIT = """
+import sys, tempfile
+from pathlib import Path
+from mlflow import MlflowClient
+from core.registry import Registry
+from core.retrieval_unit import LEXICAL_DIR, champion_unit, find_unit, unit_chunks, write_unit
+from core.tracking import log_retrieval_model
+
+uri, embedder_version = sys.argv[1], sys.argv[2]
+reg = Registry(uri)
+source = MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version("embedder", embedder_version).source
+new_embedder = reg.register(source, "embedder")
+with tempfile.TemporaryDirectory() as tmp:
+    _, config, _ = champion_unit("retrieval", "champion", Path(tmp) / "old", reg)
+    old = find_unit(Path(tmp) / "old")
+    unit = Path(tmp) / "new"
+    write_unit(unit, config.model_copy(update={"embedder_version": new_embedder}), old / LEXICAL_DIR, unit_chunks(old))
+    new_unit = reg.register(log_retrieval_model(unit, "test_rollout", {}, {}, ["mlflow"]), "retrieval")
+reg.promote("retrieval", "champion", new_unit)
+print(new_embedder, new_unit)
+"""
+
+# The index stage's own function, pointed at the private Chroma copy: builds the new embedder's collection and makes
+# it the active one.
+BUILD_INDEX = """
+import sys
+from pathlib import Path
+from core.config import load_params
+from data.index import build_index
+
+p = load_params(Path(sys.argv[1]))
+print(build_index(p.model_copy(update={"index": p.index.model_copy(update={"chroma_path": sys.argv[2]})})).collection)
+"""
+
+
+def test_a_new_embedder_is_served_only_with_its_own_index(
+    rollout_server: Server, registry_copy: str, chroma_copy: Path, champion_project: Path
+) -> None:
+    """A retrieval unit naming another embedder version: the rollout refuses it while the active collection holds
+    the old embedder's vectors, keeps serving, and switches (embedder, unit and collection together) once the index
+    stage has built and activated the new collection; no request fails on the way."""
+    before = until_status(rollout_server, "watching", lambda s: s["rollout"]["state"] == "watching")
+    env = project_env(champion_project) | {"MLFLOW_TRACKING_URI": registry_copy}
+
+    def python(script: str, *args: str) -> str:
+        out = subprocess.run(
+            [sys.executable, "-c", script, *args], cwd=champion_project, env=env, capture_output=True, text=True
+        )
+        assert out.returncode == 0, out.stderr[-4000:]
+        return out.stdout.strip().splitlines()[-1]
+
+    with Traffic(rollout_server) as traffic:
+        new_embedder, new_unit = python(NEW_UNIT, registry_copy, before["models"]["embedder"]["version"]).split()
+        refused = until_status(rollout_server, "refused for its index", lambda s: s["rollout"]["state"] == "failed")
+        assert "rebuild the index" in refused["rollout"]["reason"], refused["rollout"]
+        assert refused["models"]["embedder"] == before["models"]["embedder"] and refused["index"] == before["index"]
+        collection = python(BUILD_INDEX, str(champion_project / "params.yaml"), str(chroma_copy))
+        after = until_status(rollout_server, "switched", lambda s: s["models"]["retrieval"]["version"] == new_unit)
+        traffic.wait_for(len(traffic.seen) + 4)
+    assert after["models"]["embedder"]["version"] == new_embedder and after["index"] == collection
+    assert [code for code, _ in traffic.seen if code != 200] == []
+    embedders = [v for _, v in traffic.seen if v.startswith("embedder/")]
+    assert embedders[0] == f"embedder/{before['models']['embedder']['version']}", embedders
+    assert embedders[-1] == f"embedder/{new_embedder}" and embedders == sorted(
+        embedders, key=lambda v: v != embedders[0]
+    )
+    hits = httpx.post(
+        f"{rollout_server.url}/v1/search",
+        headers=rollout_server.headers,
+        json={"query": "json", "top_k": 2},
+        timeout=60,
+    )
+    assert hits.status_code == 200 and len(hits.json()["results"]) == 2
