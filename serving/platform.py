@@ -118,7 +118,8 @@ class Platform:
 
     def busy(self) -> int:
         """Requests (chat) and texts (embedder) still running or queued: a retired platform waits for 0."""
-        return sum(e.load()["running"] + e.load()["waiting"] for e in (self.chat, self.embedder))
+        loads = [engine.load() for engine in (self.chat, self.embedder)]
+        return sum(load["running"] + load["waiting"] for load in loads)
 
     def stop(self) -> None:
         self.ready = False
