@@ -30,8 +30,8 @@ from core.io import write_json
 from core.log import get_logger
 from core.prompts import ExampleFormat, example_prompt, search_call
 from core.tool_calls import chat_template, render_call, template_for
-from core.tracking import lineage_tags, tracked_run
-from training.common import TrackerCallback, seed_everything, swap_dir, write_loss_plot
+from core.tracking import lineage_tags
+from training.common import TrackerCallback, is_main_process, seed_everything, swap_dir, training_run, write_loss_plot
 
 log = get_logger(__name__)
 
@@ -171,7 +171,8 @@ def train_chat(p: Params, base_dir: Path, train_file: Path, out_dir: Path) -> di
     """LoRA-fine-tune the causal LM in `base_dir` on `train_file`, merge, and save it to `out_dir`.
 
     Returns:
-        Training summary (final loss, steps, seconds, MLflow run id).
+        Training summary (final loss, steps, seconds, processes, MLflow run id). Under `torchrun` / `accelerate
+        launch` only the main process saves the model and has a run id (training/common.py `training_run`).
     """
     cfg = p.train_chat
     seed_everything(p.seed)
@@ -222,7 +223,7 @@ def train_chat(p: Params, base_dir: Path, train_file: Path, out_dir: Path) -> di
     }
     tags = lineage_tags({"chat_train": train_file}) | {"stage": "train_chat"}
     tmp = out_dir.with_name(out_dir.name + ".partial")
-    with tracked_run("train_chat", config, tags) as tracker:
+    with training_run("train_chat", config, tags) as tracker:
         trainer = Trainer(
             model=model,
             args=args,
@@ -233,17 +234,20 @@ def train_chat(p: Params, base_dir: Path, train_file: Path, out_dir: Path) -> di
         t0 = time.perf_counter()
         result = trainer.train()
         seconds = time.perf_counter() - t0
-        merged = model.merge_and_unload()  # type: ignore[operator]
-        merged.save_pretrained(tmp)  # type: ignore[operator]
-        tok.save_pretrained(tmp)
-        swap_dir(tmp, out_dir)
         summary: dict[str, Any] = {
             "train_loss": float(result.training_loss),
             "steps": int(result.global_step),
             "train_seconds": round(seconds, 1),
             "train_examples": len(examples),
-            "run_id": tracker.run_id,
+            "processes": args.world_size,
         }
+        if tracker is None:  # not the main process: the main one saves and records
+            return summary
+        merged = model.merge_and_unload()  # type: ignore[operator]
+        merged.save_pretrained(tmp)  # type: ignore[operator]
+        tok.save_pretrained(tmp)
+        swap_dir(tmp, out_dir)
+        summary["run_id"] = tracker.run_id
         tracker.log_metrics({"final_train_loss": summary["train_loss"], "train_seconds": seconds})
         write_loss_plot(tracker.history, paths.CHAT_LOSS_PLOT)
     log.info("chat trained steps=%s loss=%.4f seconds=%.1f", summary["steps"], summary["train_loss"], seconds)
@@ -252,7 +256,8 @@ def train_chat(p: Params, base_dir: Path, train_file: Path, out_dir: Path) -> di
 
 def main() -> None:
     summary = train_chat(params(), paths.BASE_CHAT, paths.CHAT_TRAIN, paths.CHAT_MODEL)
-    write_json(summary, paths.TRAIN_CHAT_METRICS)
+    if is_main_process():
+        write_json(summary, paths.TRAIN_CHAT_METRICS)
 
 
 if __name__ == "__main__":

@@ -30,8 +30,15 @@ from core.config import Params, params
 from core.device import pick_device
 from core.io import write_json
 from core.log import get_logger
-from core.tracking import lineage_tags, tracked_run
-from training.common import TrackerCallback, seed_everything, swap_dir, write_loss_plot
+from core.tracking import lineage_tags
+from training.common import (
+    TrackerCallback,
+    is_main_process,
+    seed_everything,
+    swap_dir,
+    training_run,
+    write_loss_plot,
+)
 
 log = get_logger(__name__)
 
@@ -50,7 +57,8 @@ def train_embedder(p: Params, base_dir: Path, pairs: pl.DataFrame, out_dir: Path
     """Fine-tune the sentence-transformers model in `base_dir` on `pairs`; save it to `out_dir`.
 
     Returns:
-        Training summary (final loss, steps, seconds, MLflow run id).
+        Training summary (final loss, steps, seconds, processes, MLflow run id); under several processes only the
+        main one saves and has a run id (training/common.py `training_run`).
     """
     cfg = p.train_embedder
     seed_everything(p.seed)
@@ -61,7 +69,8 @@ def train_embedder(p: Params, base_dir: Path, pairs: pl.DataFrame, out_dir: Path
             f"train_embedder.pairs={list(cfg.pairs)} gives {pairs.height} training pairs, fewer than "
             f"train_embedder.batch_size={cfg.batch_size}: use a larger corpus, more pair kinds or a smaller batch size"
         )
-    model = SentenceTransformer(str(base_dir), device=pick_device())
+    device = pick_device()
+    model = SentenceTransformer(str(base_dir), device=device)
     # Train on chunks cut to `max_seq_length` tokens (the cost of a step is linear in it: 32 pairs at
     # 128 tokens take ~3 s here, at 256 ~8 s); the saved model keeps the base's window for inference.
     window = model.max_seq_length
@@ -81,10 +90,11 @@ def train_embedder(p: Params, base_dir: Path, pairs: pl.DataFrame, out_dir: Path
         seed=p.seed,
         data_seed=p.seed,
         disable_tqdm=False,
+        use_cpu=device == "cpu",  # also what makes several CPU processes train as one (gloo), not each alone
     )
     config = {"seed": p.seed, "base": p.models.embedder_base, "train_pairs": counts, **cfg.model_dump()}
     tags = lineage_tags({f"embed_train_{k}": PAIR_FILES[k] for k in cfg.pairs}) | {"stage": "train_embedder"}
-    with tracked_run("train_embedder", config, tags) as tracker:
+    with training_run("train_embedder", config, tags) as tracker:
         trainer = SentenceTransformerTrainer(
             model=model,
             args=args,
@@ -95,17 +105,20 @@ def train_embedder(p: Params, base_dir: Path, pairs: pl.DataFrame, out_dir: Path
         t0 = time.perf_counter()
         result = trainer.train()
         seconds = time.perf_counter() - t0
-        model.max_seq_length = window
-        model.save(str(tmp))
-        swap_dir(tmp, out_dir)
         summary: dict[str, Any] = {
             "train_loss": float(result.training_loss),
             "steps": int(result.global_step),
             "train_seconds": round(seconds, 1),
             "train_pairs": pairs.height,
             "train_pairs_by_kind": counts,
-            "run_id": tracker.run_id,
+            "processes": args.world_size,
         }
+        if tracker is None:  # not the main process: the main one saves and records
+            return summary
+        model.max_seq_length = window
+        model.save(str(tmp))
+        swap_dir(tmp, out_dir)
+        summary["run_id"] = tracker.run_id
         tracker.log_metrics({"final_train_loss": summary["train_loss"], "train_seconds": seconds})
         write_loss_plot(tracker.history, paths.EMBEDDER_LOSS_PLOT)
     log.info("embedder trained steps=%s loss=%.4f seconds=%.1f", summary["steps"], summary["train_loss"], seconds)
@@ -115,7 +128,8 @@ def train_embedder(p: Params, base_dir: Path, pairs: pl.DataFrame, out_dir: Path
 def main() -> None:
     p = params()
     summary = train_embedder(p, paths.BASE_EMBEDDER, read_pairs(p.train_embedder.pairs), paths.EMBEDDER_MODEL)
-    write_json(summary, paths.TRAIN_EMBEDDER_METRICS)
+    if is_main_process():
+        write_json(summary, paths.TRAIN_EMBEDDER_METRICS)
 
 
 if __name__ == "__main__":

@@ -28,8 +28,15 @@ from core.device import pick_device
 from core.io import write_json
 from core.lexical import LexicalIndex
 from core.log import get_logger
-from core.tracking import lineage_tags, tracked_run
-from training.common import TrackerCallback, seed_everything, swap_dir, write_loss_plot
+from core.tracking import lineage_tags
+from training.common import (
+    TrackerCallback,
+    is_main_process,
+    seed_everything,
+    swap_dir,
+    training_run,
+    write_loss_plot,
+)
 
 log = get_logger(__name__)
 
@@ -64,7 +71,8 @@ def train_reranker(p: Params, base_dir: Path, pairs: pl.DataFrame, out_dir: Path
     """Fine-tune a cross-encoder from the encoder in `base_dir` on `pairs`; save it to `out_dir`.
 
     Returns:
-        Training summary (final loss, steps, seconds, pairs, MLflow run id).
+        Training summary (final loss, steps, seconds, pairs, processes, MLflow run id); under several processes
+        only the main one saves and has a run id (training/common.py `training_run`).
     """
     cfg = p.train_reranker
     seed_everything(p.seed)
@@ -73,7 +81,8 @@ def train_reranker(p: Params, base_dir: Path, pairs: pl.DataFrame, out_dir: Path
             f"{pairs.height} reranker training pairs, fewer than train_reranker.batch_size={cfg.batch_size}: "
             "use a larger corpus or a smaller batch size"
         )
-    model = CrossEncoder(str(base_dir), num_labels=1, max_length=cfg.max_length, device=pick_device())
+    device = pick_device()
+    model = CrossEncoder(str(base_dir), num_labels=1, max_length=cfg.max_length, device=device)
     tmp = out_dir.with_name(out_dir.name + ".partial")
     args = CrossEncoderTrainingArguments(
         output_dir=str(paths.STATE / "checkpoints" / "reranker"),
@@ -87,11 +96,15 @@ def train_reranker(p: Params, base_dir: Path, pairs: pl.DataFrame, out_dir: Path
         seed=p.seed,
         data_seed=p.seed,
         disable_tqdm=False,
+        # every parameter takes part in each step: DDP need not search the graph for unused ones, and its search
+        # (the Trainer default) fails on this cross-encoder ("classifier.bias marked as ready twice", torchrun, ST 6.2)
+        ddp_find_unused_parameters=False,
+        use_cpu=device == "cpu",  # also what makes several CPU processes train as one (gloo), not each alone
     )
     positives = int((pairs["label"] > 0).sum())
     config = {"seed": p.seed, "base": p.models.embedder_base, "positives": positives, **cfg.model_dump()}
     tags = lineage_tags({"embed_train_questions": paths.EMBED_TRAIN_QUESTIONS, "chunks": paths.CHUNKS})
-    with tracked_run("train_reranker", config, tags | {"stage": "train_reranker"}) as tracker:
+    with training_run("train_reranker", config, tags | {"stage": "train_reranker"}) as tracker:
         trainer = CrossEncoderTrainer(
             model=model,
             args=args,
@@ -102,16 +115,19 @@ def train_reranker(p: Params, base_dir: Path, pairs: pl.DataFrame, out_dir: Path
         t0 = time.perf_counter()
         result = trainer.train()
         seconds = time.perf_counter() - t0
-        model.save(str(tmp))
-        swap_dir(tmp, out_dir)
         summary: dict[str, Any] = {
             "train_loss": float(result.training_loss),
             "steps": int(result.global_step),
             "train_seconds": round(seconds, 1),
             "train_pairs": pairs.height,
             "positives": positives,
-            "run_id": tracker.run_id,
+            "processes": args.world_size,
         }
+        if tracker is None:  # not the main process: the main one saves and records
+            return summary
+        model.save(str(tmp))
+        swap_dir(tmp, out_dir)
+        summary["run_id"] = tracker.run_id
         tracker.log_metrics({"final_train_loss": summary["train_loss"], "train_seconds": seconds})
         write_loss_plot(tracker.history, paths.RERANKER_LOSS_PLOT)
     log.info("reranker trained steps=%s loss=%.4f seconds=%.1f", summary["steps"], summary["train_loss"], seconds)
@@ -126,7 +142,9 @@ def main() -> None:
     pairs = mine_pairs(
         pl.read_parquet(paths.EMBED_TRAIN_QUESTIONS), chunks.filter(~pl.col("doc_id").is_in(held_out)), p
     )
-    write_json(train_reranker(p, paths.BASE_EMBEDDER, pairs, paths.RERANKER_MODEL), paths.TRAIN_RERANKER_METRICS)
+    summary = train_reranker(p, paths.BASE_EMBEDDER, pairs, paths.RERANKER_MODEL)
+    if is_main_process():
+        write_json(summary, paths.TRAIN_RERANKER_METRICS)
 
 
 if __name__ == "__main__":
