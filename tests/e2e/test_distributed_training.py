@@ -41,8 +41,11 @@ def _torchrun(module: str) -> list[str]:
 
 
 def _accelerate(module: str) -> list[str]:
-    port = str(free_port())
-    return ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", port, "-m", module]
+    # `--multi_gpu` is accelerate's torchrun launcher; on a CPU the trainers' `use_cpu` makes it gloo. Every choice is
+    # given, so a user's `accelerate config` file cannot change what this test runs.
+    choices = ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    port = ["--main_process_port", str(free_port())]
+    return ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", *choices, *port, "-m", module]
 
 
 @pytest.mark.parametrize(
