@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -196,6 +197,7 @@ def limits(max_tokens: int) -> dict[str, Any]:
 
     from core import paths
     from core.loading import load_chat, load_embedder
+    from core.onnx_embedder import OnnxEmbedder, export_fp32
     from training.quantize_chat import tokens_per_second
 
     out: dict[str, Any] = {"threads": torch.get_num_threads()}
@@ -224,19 +226,27 @@ def limits(max_tokens: int) -> dict[str, Any]:
         static = round(16 * max_tokens / (time.perf_counter() - start), 1)
         out[f"generate_{name}"] = {"one_stream_tokens_per_s": one, "static_batch_16_tokens_per_s": static}
     embedder = load_embedder(paths.EMBEDDER_MODEL, device="cpu")
+    with tempfile.TemporaryDirectory() as tmp:  # the runtime the server uses on a CPU (`serving.embedder_backend`)
+        onnx = OnnxEmbedder(export_fp32(embedder, Path(tmp) / "onnx"))
+        for prefix, model in (("encode", embedder), ("encode_onnx", onnx)):
+            by_batch, one_ms = encode_limits(model)
+            out[f"{prefix}_texts_per_s_by_batch"], out[f"{prefix}_one_text_ms"] = by_batch, one_ms
+    return out
+
+
+def encode_limits(model: Any) -> tuple[dict[str, float], float]:
+    """Texts a second at each batch size over the load client's texts, and one text's milliseconds."""
     texts = [f"query number {i} about python files" for i in range(1024)]
     best: dict[str, float] = {}
     for batch in (32, 64, 128, 256):
-        embedder.encode(texts[:batch], batch_size=batch, show_progress_bar=False)
+        model.encode(texts[:batch], batch_size=batch, show_progress_bar=False)
         start = time.perf_counter()
-        embedder.encode(texts, batch_size=batch, show_progress_bar=False)
+        model.encode(texts, batch_size=batch, show_progress_bar=False)
         best[str(batch)] = round(len(texts) / (time.perf_counter() - start), 1)
     start = time.perf_counter()
     for t in texts[:64]:
-        embedder.encode([t], show_progress_bar=False)
-    out["encode_texts_per_s_by_batch"] = best
-    out["encode_one_text_ms"] = round((time.perf_counter() - start) / 64 * 1000, 2)
-    return out
+        model.encode([t], show_progress_bar=False)
+    return best, round((time.perf_counter() - start) / 64 * 1000, 2)
 
 
 def shown(peer: Peer) -> str:

@@ -4,7 +4,8 @@
     cache     download that version once into `<cache_dir>/<name>/<version>/` (complete marker last)
     verify    the active Chroma collection was built by the embedder version `retrieval@alias` names (the one
               served), from the chunks the retrieval unit carries
-    load      core.loading (the same functions evaluation uses), from the cached folder, on `settings.device`
+    load      core.loading (the same functions evaluation uses), from the cached folder, on `settings.device`;
+              the embedder then on the runtime `serving.embedder_backend` picks (`serve_embedder`)
 
 If the registry cannot be reached (or no longer knows the alias), start-up falls back to the version
 this alias resolved to last time, else the newest cached version, and says so in the log.
@@ -18,13 +19,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from chromadb.api.models.Collection import Collection
+from sentence_transformers import SentenceTransformer
 
 from core.device import pick_device, return_freed_memory
 from core.errors import RegistryError, StartupError
 from core.lexical import LexicalIndex
 from core.loading import load_chat, load_embedder, load_reranker
 from core.log import get_logger
+from core.onnx_embedder import OnnxEmbedder, export_fp32, is_onnx_folder, supported
 from core.registry import Registry
 from core.retrieval_unit import RetrievalConfig, read_unit
 from core.vectorstore import ActiveIndex, chroma_client, read_active
@@ -32,6 +36,8 @@ from serving.settings import Settings
 
 log = get_logger(__name__)
 _MARKER = "_complete.json"
+ONNX_DIR = "onnx-fp32"
+"""The served embedder's ONNX export, inside its cached version folder."""
 
 
 @dataclass(frozen=True)
@@ -119,7 +125,7 @@ def fetch(name: str, alias: str, settings: Settings, version: str | None = None)
 class LoadedModels:
     embedder_info: ServedModel
     chat_info: ServedModel
-    embedder: object  # SentenceTransformer
+    embedder: object  # SentenceTransformer, or core.onnx_embedder.OnnxEmbedder (`serve_embedder`)
     chat_model: object  # PreTrainedModel
     tokenizer: object  # PreTrainedTokenizerBase
     index: ActiveIndex
@@ -196,6 +202,32 @@ def open_retrieval(
     return config, lexical
 
 
+def serve_embedder(
+    embedder: SentenceTransformer, backend: str, device: str, info: ServedModel
+) -> SentenceTransformer | OnnxEmbedder:
+    """The loaded embedder on the runtime `serving.embedder_backend` picks: itself (`torch`), or its fp32 ONNX export
+    on ONNX Runtime (`onnx`; `auto` on a CPU), exported once into the version's cache folder.
+
+    Raises:
+        StartupError: `onnx` asked for on a GPU, or for an embedder the export does not support.
+    """
+    if backend == "torch" or (backend == "auto" and device != "cpu"):
+        return embedder
+    if device != "cpu":
+        raise StartupError(f"serving.embedder_backend: onnx runs on the CPU; this server runs on {device}: use auto")
+    if reason := supported(embedder):
+        if backend == "onnx":
+            raise StartupError(f"serving.embedder_backend: onnx cannot run {info.name} v{info.version}: {reason}")
+        log.warning("embedder %s v%s served by torch: %s", info.name, info.version, reason)
+        return embedder
+    folder = info.path / ONNX_DIR
+    if not is_onnx_folder(folder):
+        started = time.perf_counter()
+        export_fp32(embedder, folder)
+        log.info("exported %s v%s to ONNX in %.1fs: %s", info.name, info.version, time.perf_counter() - started, folder)
+    return OnnxEmbedder(folder, threads=torch.get_num_threads())
+
+
 def load_models(settings: Settings) -> LoadedModels:
     """Resolve, cache, verify and load both models and the index (start-up only), on `settings.device`.
 
@@ -216,7 +248,9 @@ def load_models(settings: Settings) -> LoadedModels:
     index, collection = open_index(settings, emb_info)  # fail fast, before loading weights
     check_retrieval(retrieval_info, retrieval, emb_info, index)
     device = pick_device(settings.device)
-    embedder = load_embedder(emb_info.path, device=device)
+    embedder = serve_embedder(
+        load_embedder(emb_info.path, device=device), settings.serving.embedder_backend, device, emb_info
+    )
     chat_model, tokenizer = load_chat(chat_info.path, device=device)
     reranker_info, reranker = None, None
     if retrieval.reranker_name and retrieval.reranker_version:  # the version the unit was measured with
@@ -226,8 +260,9 @@ def load_models(settings: Settings) -> LoadedModels:
         reranker = load_reranker(reranker_info.path, device=device)
     return_freed_memory()  # what loading built and dropped (the int8 variant's float skeleton: ~180 MB)
     log.info(
-        "loaded embedder=%s chat=%s retrieval=%s mode=%s reranker=%s index=%s (%d chunks) device=%s",
+        "loaded embedder=%s (%s) chat=%s retrieval=%s mode=%s reranker=%s index=%s (%d chunks) device=%s",
         emb_info.version,
+        getattr(embedder, "method", "torch"),
         chat_info.version,
         retrieval_info.version,
         retrieval.mode,

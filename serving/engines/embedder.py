@@ -30,6 +30,9 @@ Out of memory in a forward pass: the device cache is freed and the batch is spli
 down to one text (which then fails alone with 503); the batch cap halves too and grows back one text per
 64 batches without an error (`core.device.MemoryBackoff`, shared with the chat engine).
 
+The model is a sentence-transformers embedder or its fp32 ONNX export on ONNX Runtime (the same vectors, faster
+where Python is a large share of a pass: `serving.embedder_backend`, core/onnx_embedder.py); both answer `encode`.
+
 The batcher is a plain asyncio component, unit-tested without a server (tests/serving/test_engines.py).
 """
 
@@ -46,6 +49,7 @@ from sentence_transformers import SentenceTransformer
 from core.device import MemoryBackoff, free_memory, is_oom
 from core.errors import ContextLengthExceeded, InvalidRequest, Overloaded, PayloadTooLarge, QueueFull
 from core.log import get_logger
+from core.onnx_embedder import OnnxEmbedder
 from serving.engines.types import EngineHealth, EngineObserver
 
 log = get_logger(__name__)
@@ -65,7 +69,7 @@ class EmbedderEngine:
 
     def __init__(
         self,
-        model: SentenceTransformer,
+        model: SentenceTransformer | OnnxEmbedder,
         *,
         max_batch_size: int = 32,
         max_wait_ms: float = 5.0,
@@ -75,6 +79,7 @@ class EmbedderEngine:
         observer: EngineObserver | None = None,
     ) -> None:
         self.model = model
+        self.runtime = str(getattr(model, "method", "sentence-transformers"))
         self.max_batch_size = max_batch_size
         self.backoff = MemoryBackoff(max_batch_size)  # texts per forward pass: halved on out-of-memory
         self.max_wait_s = max_wait_ms / 1000
@@ -143,7 +148,7 @@ class EmbedderEngine:
 
     def embed_sync(self, texts: list[str]) -> np.ndarray:
         """Direct, unbatched embedding (warm-up, scripts)."""
-        return self.model.encode(texts, normalize_embeddings=True, convert_to_numpy=True).astype(np.float32)
+        return np.asarray(self.model.encode(texts, normalize_embeddings=True, convert_to_numpy=True), dtype=np.float32)
 
     def embed_fitting(self, texts: list[str]) -> np.ndarray:
         """`embed_sync`, splitting the batch in halves while the device runs out of memory.

@@ -72,6 +72,7 @@ class ModelsHandler:
                 **({RERANKER: ServedVersion.of(p.reranker_info)} if p.reranker_info else {}),
             },
             index=p.index_name,
+            embedder_runtime=p.embedder.runtime,
             search_mode=p.retriever.default_mode,
             chunking=p.retriever.config.chunking_name,
             reranker=p.reranker is not None,

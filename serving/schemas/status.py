@@ -78,6 +78,8 @@ class StatusResponse(BaseModel):
     models: dict[str, ServedVersion]
     index: str
     """The Chroma collection queries run against."""
+    embedder_runtime: str
+    """What runs the embedder: `sentence-transformers`, or `onnxruntime-fp32` (`serving.embedder_backend`)."""
     search_mode: Mode
     """What search and RAG use when a request names no `mode` (the served `retrieval` version's)."""
     chunking: str

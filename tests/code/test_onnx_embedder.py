@@ -1,5 +1,6 @@
-"""The int8 embedder (core/onnx_embedder.py) on the real base MiniLM: its vectors are the fp32 model's within
-quantisation error, in the order given, at any batch size; and it refuses a model it would embed wrongly."""
+"""The ONNX embedders (core/onnx_embedder.py) on the real base MiniLM: the fp32 export gives sentence-transformers'
+vectors (what the server runs: the index was built with those); the int8 one's are the fp32 model's within
+quantisation error, in the order given, at any batch size; and both refuse a model they would embed wrongly."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 import torch
 from sentence_transformers import SentenceTransformer
 
-from core.onnx_embedder import OnnxEmbedder, is_onnx_folder, quantize
+from core.onnx_embedder import FP32_METHOD, OnnxEmbedder, export_fp32, is_onnx_folder, quantize
 
 TEXTS = [
     "How do I read a file line by line?",
@@ -56,3 +57,24 @@ def test_a_model_with_another_pooling_is_refused(base_dir: Path, tmp_path: Path)
     with pytest.raises(ValueError, match="pooling 'cls'"):
         quantize(source, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_fp32_export_gives_sentence_transformers_vectors(base_dir: Path, tmp_path: Path) -> None:
+    model = SentenceTransformer(str(base_dir / "embedder"), device="cpu")
+    folder = export_fp32(model, tmp_path / "onnx-fp32")
+    assert is_onnx_folder(folder) and not (tmp_path / "onnx-fp32.partial").exists()
+    onnx = OnnxEmbedder(folder)
+    assert onnx.method == FP32_METHOD and onnx.get_embedding_dimension() == model.get_embedding_dimension()
+    expected = model.encode(TEXTS, normalize_embeddings=True)
+    for batch in (32, 2, 1):  # no quantisation: batch-mates change nothing beyond float rounding
+        np.testing.assert_allclose(onnx.encode(TEXTS, batch_size=batch), expected, atol=1e-5)
+
+
+def test_fp32_export_refuses_another_pooling_and_writes_nothing(base_dir: Path, tmp_path: Path) -> None:
+    source = tmp_path / "cls-pooled"
+    shutil.copytree(base_dir / "embedder", source)
+    config = source / "1_Pooling" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "pooling_mode": "cls"}))
+    with pytest.raises(ValueError, match="pooling 'cls'"):
+        export_fp32(SentenceTransformer(str(source), device="cpu"), tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()

@@ -11,7 +11,7 @@ import pytest
 from core.config import IndexParams, load_params
 from core.errors import StartupError
 from core.vectorstore import ActiveIndex, chroma_client, switch_active
-from serving.registry import ServedModel, fetch, open_index
+from serving.registry import ONNX_DIR, ServedModel, fetch, open_index, serve_embedder
 from serving.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -93,3 +93,24 @@ def test_retrieval_unit_must_match_the_served_embedder_and_the_index(tmp_path: P
         open_retrieval(retrieval, embedder, dataclasses.replace(index, data_md5="other"))
     with pytest.raises(StartupError, match="cannot read retrieval version 7"):
         open_retrieval(dataclasses.replace(retrieval, path=tmp_path / "lex"), embedder, index)
+
+
+def test_the_embedder_backend_picks_the_runtime(base_dir: Path, tmp_path: Path) -> None:
+    """auto: ONNX Runtime on a CPU (exported once into the version's folder), sentence-transformers on a GPU; onnx on
+    a GPU is a start-up error naming the fix."""
+    from sentence_transformers import SentenceTransformer
+
+    from core.onnx_embedder import OnnxEmbedder
+
+    model = SentenceTransformer(str(base_dir / "embedder"), device="cpu")
+    info = ServedModel("embedder", "champion", "3", tmp_path / "3", False)
+    assert serve_embedder(model, "torch", "cpu", info) is model
+    assert serve_embedder(model, "auto", "cuda", info) is model  # nothing exported for a GPU
+    assert not (info.path / ONNX_DIR).exists()
+    with pytest.raises(StartupError, match=r"onnx runs on the CPU.*use auto"):
+        serve_embedder(model, "onnx", "cuda:0", info)
+    served = serve_embedder(model, "auto", "cpu", info)
+    assert isinstance(served, OnnxEmbedder) and served.method == "onnxruntime-fp32"
+    exported = (info.path / ONNX_DIR / "model.onnx").stat().st_mtime_ns
+    again = serve_embedder(model, "onnx", "cpu", info)  # a restart reuses the export
+    assert isinstance(again, OnnxEmbedder) and (info.path / ONNX_DIR / "model.onnx").stat().st_mtime_ns == exported

@@ -126,6 +126,24 @@ def test_embeddings_float_and_base64(client: OpenAI) -> None:
     assert np.allclose(single.data[0].embedding, b[0], atol=1e-5)
 
 
+def test_the_embedder_runs_on_onnx_runtime_with_the_indexed_vectors(server: Server, http: httpx.Client) -> None:
+    """`serving.embedder_backend: auto` on a CPU: the served version's fp32 ONNX export, which must give the vectors
+    sentence-transformers gives (the index was built with those), exported once into the version's cache folder."""
+    from core.loading import load_embedder
+    from serving.registry import ONNX_DIR
+
+    status = http.get("/v1/status").json()
+    assert status["embedder_runtime"] == "onnxruntime-fp32"
+    folder = server.project / "state/serving-cache/embedder" / status["models"]["embedder"]["version"]
+    assert (folder / ONNX_DIR / "model.onnx").is_file()
+    texts = ["json.dumps", "How do I read a file line by line in Python?", "zip " * 60]
+    r = http.post("/v1/embeddings", json={"model": "embedder", "input": texts, "encoding_format": "float"})
+    assert r.status_code == 200, r.text
+    served = np.array([d["embedding"] for d in r.json()["data"]])
+    indexed = load_embedder(folder, device="cpu").encode(texts, normalize_embeddings=True)
+    np.testing.assert_allclose(served, indexed, atol=1e-5)
+
+
 def test_rag_as_a_chat_model(http: httpx.Client) -> None:
     body = {**_chat(8), "top_k": 2, "min_score": -1.0}  # always answer (no score is below -1)
     r = http.post("/v1/chat/completions", json={**body, "model": "rag"})
