@@ -133,7 +133,8 @@ def peers(port: int) -> list[Peer]:
         Peer("ours (int8)", "chat", env={"SERVING_CHAT_VARIANT": "int8"}),
         llama,
         transformers,
-        Peer("ours", "embed", model="embedder"),
+        Peer("ours", "embed", model="embedder"),  # the default: ONNX Runtime on a CPU (serving.embedder_backend)
+        Peer("ours (torch)", "embed", model="embedder", env={"SERVING_EMBEDDER_BACKEND": "torch"}),
         infinity,
     ]
 

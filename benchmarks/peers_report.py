@@ -35,6 +35,11 @@ def ratios(report: dict[str, Any]) -> dict[str, Any]:
         e = emb["ours"]["64"]["texts_per_s"]
         if isinstance(emb.get("infinity"), dict):
             out["embeddings ours / infinity, 64 clients"] = div(e, emb["infinity"]["64"]["texts_per_s"])
+            out["embeddings ours / infinity, 1 client"] = div(
+                emb["ours"]["1"]["texts_per_s"], emb["infinity"]["1"]["texts_per_s"]
+            )
+        if isinstance(emb.get("ours (torch)"), dict):
+            out["embeddings ours / ours on torch, 64 clients"] = div(e, emb["ours (torch)"]["64"]["texts_per_s"])
         out["embeddings ours / best offline encode, 64 clients"] = div(
             e, max(lim["encode_texts_per_s_by_batch"].values())
         )
