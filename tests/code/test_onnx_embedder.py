@@ -49,13 +49,18 @@ def test_int8_vectors_match_fp32_in_order_at_any_batch_size(base_dir: Path, int8
     np.testing.assert_array_equal(int8.encode(TEXTS, batch_size=2), pairs.numpy())  # the same batches: the same
 
 
-def test_a_model_with_another_pooling_is_refused(base_dir: Path, tmp_path: Path) -> None:
+def _cls_pooled(base_dir: Path, tmp_path: Path) -> Path:
+    """A copy of the base embedder that pools the CLS token instead of the mean."""
     source = tmp_path / "cls-pooled"
     shutil.copytree(base_dir / "embedder", source)
     config = source / "1_Pooling" / "config.json"
     config.write_text(json.dumps({**json.loads(config.read_text()), "pooling_mode": "cls"}))
+    return source
+
+
+def test_a_model_with_another_pooling_is_refused(base_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="pooling 'cls'"):
-        quantize(source, tmp_path / "out")
+        quantize(_cls_pooled(base_dir, tmp_path), tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
@@ -71,10 +76,6 @@ def test_fp32_export_gives_sentence_transformers_vectors(base_dir: Path, tmp_pat
 
 
 def test_fp32_export_refuses_another_pooling_and_writes_nothing(base_dir: Path, tmp_path: Path) -> None:
-    source = tmp_path / "cls-pooled"
-    shutil.copytree(base_dir / "embedder", source)
-    config = source / "1_Pooling" / "config.json"
-    config.write_text(json.dumps({**json.loads(config.read_text()), "pooling_mode": "cls"}))
     with pytest.raises(ValueError, match="pooling 'cls'"):
-        export_fp32(SentenceTransformer(str(source), device="cpu"), tmp_path / "out")
+        export_fp32(SentenceTransformer(str(_cls_pooled(base_dir, tmp_path)), device="cpu"), tmp_path / "out")
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
