@@ -28,6 +28,7 @@ Normalize; `quantize` refuses anything else rather than export something that em
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -77,23 +78,31 @@ def supported(model: SentenceTransformer) -> str | None:
 
 
 def export_fp32(model: SentenceTransformer, dest: Path) -> Path:
-    """Write `model` as an fp32 ONNX embedder folder at `dest`, whole or not at all (built beside it, then renamed).
+    """Write `model` as an fp32 ONNX embedder folder at `dest`, whole or not at all: built in a folder of this
+    process's own beside it, then renamed, so processes exporting together (workers sharing a cache) never mix
+    files; when another one got there first, its export is kept.
 
     Raises:
         ValueError: `model`'s modules are not Transformer -> mean Pooling -> Normalize (`supported`).
+        OSError: `dest`'s folder cannot be written.
     """
     if reason := supported(model):
         raise ValueError(reason)
-    tmp = dest.with_name(dest.name + ".partial")
+    tmp = dest.with_name(f"{dest.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    export(model, tmp / MODEL_FILE)
-    model.tokenizer.save_pretrained(str(tmp))
-    card = {"method": FP32_METHOD, "pooling": "mean", "normalize": True, "max_seq_length": model.max_seq_length,
-            "dimension": model.get_embedding_dimension()}  # fmt: skip
-    (tmp / CARD).write_text(json.dumps(card, indent=2) + "\n")
-    shutil.rmtree(dest, ignore_errors=True)
-    tmp.rename(dest)
+    try:
+        tmp.mkdir(parents=True)
+        export(model, tmp / MODEL_FILE)
+        model.tokenizer.save_pretrained(str(tmp))
+        card = {"method": FP32_METHOD, "pooling": "mean", "normalize": True, "max_seq_length": model.max_seq_length,
+                "dimension": model.get_embedding_dimension()}  # fmt: skip
+        (tmp / CARD).write_text(json.dumps(card, indent=2) + "\n")
+        tmp.rename(dest)
+    except OSError:
+        if not is_onnx_folder(dest):  # not another process's complete export: a real failure
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 

@@ -209,7 +209,8 @@ def serve_embedder(
     on ONNX Runtime (`onnx`; `auto` on a CPU), exported once into the version's cache folder.
 
     Raises:
-        StartupError: `onnx` asked for on a GPU, or for an embedder the export does not support.
+        StartupError: `onnx` asked for on a GPU, for an embedder the export does not support, or where the cache
+            cannot be written (`auto` serves torch in the last two cases, with a warning).
     """
     if backend == "torch" or (backend == "auto" and device != "cpu"):
         return embedder
@@ -223,7 +224,13 @@ def serve_embedder(
     folder = info.path / ONNX_DIR
     if not is_onnx_folder(folder):
         started = time.perf_counter()
-        export_fp32(embedder, folder)
+        try:
+            export_fp32(embedder, folder)
+        except OSError as e:
+            if backend == "onnx":
+                raise StartupError(f"cannot export {info.name} v{info.version} to ONNX into {folder}: {e}") from e
+            log.warning("embedder %s v%s served by torch: cannot export to %s: %s", info.name, info.version, folder, e)
+            return embedder
         log.info("exported %s v%s to ONNX in %.1fs: %s", info.name, info.version, time.perf_counter() - started, folder)
     return OnnxEmbedder(folder, threads=torch.get_num_threads())
 

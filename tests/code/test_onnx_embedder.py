@@ -67,15 +67,19 @@ def test_a_model_with_another_pooling_is_refused(base_dir: Path, tmp_path: Path)
 def test_fp32_export_gives_sentence_transformers_vectors(base_dir: Path, tmp_path: Path) -> None:
     model = SentenceTransformer(str(base_dir / "embedder"), device="cpu")
     folder = export_fp32(model, tmp_path / "onnx-fp32")
-    assert is_onnx_folder(folder) and not (tmp_path / "onnx-fp32.partial").exists()
+    assert is_onnx_folder(folder)
     onnx = OnnxEmbedder(folder)
     assert onnx.method == FP32_METHOD and onnx.get_embedding_dimension() == model.get_embedding_dimension()
     expected = model.encode(TEXTS, normalize_embeddings=True)
     for batch in (32, 2, 1):  # no quantisation: batch-mates change nothing beyond float rounding
         np.testing.assert_allclose(onnx.encode(TEXTS, batch_size=batch), expected, atol=1e-5)
+    # a second process exporting the same version finds the first one's export complete and keeps it
+    first = (folder / "model.onnx").stat().st_mtime_ns
+    assert export_fp32(model, folder) == folder and (folder / "model.onnx").stat().st_mtime_ns == first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["onnx-fp32"]
 
 
 def test_fp32_export_refuses_another_pooling_and_writes_nothing(base_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="pooling 'cls'"):
         export_fp32(SentenceTransformer(str(_cls_pooled(base_dir, tmp_path)), device="cpu"), tmp_path / "out")
-    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob("out.partial*"))

@@ -114,3 +114,16 @@ def test_the_embedder_backend_picks_the_runtime(base_dir: Path, tmp_path: Path) 
     exported = (info.path / ONNX_DIR / "model.onnx").stat().st_mtime_ns
     again = serve_embedder(model, "onnx", "cpu", info)  # a restart reuses the export
     assert isinstance(again, OnnxEmbedder) and (info.path / ONNX_DIR / "model.onnx").stat().st_mtime_ns == exported
+
+
+def test_an_unwritable_cache_serves_torch_under_auto_and_fails_onnx_clearly(base_dir: Path, tmp_path: Path) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(base_dir / "embedder"), device="cpu")
+    # a file where the version folder should be (tests run as root, whom a read-only mode would not stop)
+    (tmp_path / "3").write_text("not a folder")
+    info = ServedModel("embedder", "champion", "3", tmp_path / "3", False)
+    assert serve_embedder(model, "auto", "cpu", info) is model
+    with pytest.raises(StartupError, match="cannot export embedder v3 to ONNX into"):
+        serve_embedder(model, "onnx", "cpu", info)
+    assert [p.name for p in tmp_path.iterdir()] == ["3"]  # no partial export left behind
