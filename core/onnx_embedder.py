@@ -94,9 +94,7 @@ def export_fp32(model: SentenceTransformer, dest: Path) -> Path:
         tmp.mkdir(parents=True)
         export(model, tmp / MODEL_FILE)
         model.tokenizer.save_pretrained(str(tmp))
-        card = {"method": FP32_METHOD, "pooling": "mean", "normalize": True, "max_seq_length": model.max_seq_length,
-                "dimension": model.get_embedding_dimension()}  # fmt: skip
-        (tmp / CARD).write_text(json.dumps(card, indent=2) + "\n")
+        _write_card(tmp, model, FP32_METHOD)
         tmp.rename(dest)
     except OSError:
         if not is_onnx_folder(dest):  # not another process's complete export: a real failure
@@ -104,6 +102,13 @@ def export_fp32(model: SentenceTransformer, dest: Path) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest
+
+
+def _write_card(folder: Path, model: SentenceTransformer, method: str, **extra: Any) -> None:
+    """The folder's `onnx_embedder.json`: how it was made and what `OnnxEmbedder` needs to encode like `model`."""
+    card = {"method": method, "pooling": "mean", "normalize": True, "max_seq_length": model.max_seq_length,
+            "dimension": model.get_embedding_dimension(), **extra}  # fmt: skip
+    (folder / CARD).write_text(json.dumps(card, indent=2) + "\n")
 
 
 def export(model: SentenceTransformer, path: Path) -> Path:
@@ -137,16 +142,14 @@ def quantize(source: Path, dest: Path) -> Path:
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    dimension = _check_stack(source)
+    _check_stack(source)
     model = SentenceTransformer(str(source), device="cpu")
     dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = export(model, Path(tmp) / "fp32.onnx")
         quantize_dynamic(str(fp32), str(dest / MODEL_FILE), weight_type=QuantType.QInt8, per_channel=True)
     model.tokenizer.save_pretrained(str(dest))
-    card = {"method": METHOD, "pooling": "mean", "normalize": True, "max_seq_length": model.max_seq_length,
-            "dimension": dimension, "quantized_from": str(source)}  # fmt: skip
-    (dest / CARD).write_text(json.dumps(card, indent=2) + "\n")
+    _write_card(dest, model, METHOD, quantized_from=str(source))
     return dest
 
 

@@ -202,36 +202,37 @@ def open_retrieval(
     return config, lexical
 
 
-def serve_embedder(
-    embedder: SentenceTransformer, backend: str, device: str, info: ServedModel
-) -> SentenceTransformer | OnnxEmbedder:
-    """The loaded embedder on the runtime `serving.embedder_backend` picks: itself (`torch`), or its fp32 ONNX export
-    on ONNX Runtime (`onnx`; `auto` on a CPU), exported once into the version's cache folder.
+def serve_embedder(info: ServedModel, backend: str, device: str) -> SentenceTransformer | OnnxEmbedder:
+    """Load the cached embedder version `info` on the runtime `serving.embedder_backend` picks: sentence-transformers
+    (`torch`), or its fp32 ONNX export on ONNX Runtime (`onnx`; `auto` on a CPU), exported once into the version's
+    cache folder; once exported, a restart or a rollout opens the export without loading the torch model.
 
     Raises:
         StartupError: `onnx` asked for on a GPU, for an embedder the export does not support, or where the cache
             cannot be written (`auto` serves torch in the last two cases, with a warning).
     """
-    if backend == "torch" or (backend == "auto" and device != "cpu"):
-        return embedder
-    if device != "cpu":
+    if backend == "onnx" and device != "cpu":
         raise StartupError(f"serving.embedder_backend: onnx runs on the CPU; this server runs on {device}: use auto")
+    folder = info.path / ONNX_DIR
+    if backend == "torch" or device != "cpu":
+        return load_embedder(info.path, device=device)
+    if is_onnx_folder(folder):
+        return OnnxEmbedder(folder, threads=torch.get_num_threads())
+    embedder = load_embedder(info.path, device=device)
     if reason := supported(embedder):
         if backend == "onnx":
             raise StartupError(f"serving.embedder_backend: onnx cannot run {info.name} v{info.version}: {reason}")
         log.warning("embedder %s v%s served by torch: %s", info.name, info.version, reason)
         return embedder
-    folder = info.path / ONNX_DIR
-    if not is_onnx_folder(folder):
-        started = time.perf_counter()
-        try:
-            export_fp32(embedder, folder)
-        except OSError as e:
-            if backend == "onnx":
-                raise StartupError(f"cannot export {info.name} v{info.version} to ONNX into {folder}: {e}") from e
-            log.warning("embedder %s v%s served by torch: cannot export to %s: %s", info.name, info.version, folder, e)
-            return embedder
-        log.info("exported %s v%s to ONNX in %.1fs: %s", info.name, info.version, time.perf_counter() - started, folder)
+    started = time.perf_counter()
+    try:
+        export_fp32(embedder, folder)
+    except OSError as e:
+        if backend == "onnx":
+            raise StartupError(f"cannot export {info.name} v{info.version} to ONNX into {folder}: {e}") from e
+        log.warning("embedder %s v%s served by torch: cannot export to %s: %s", info.name, info.version, folder, e)
+        return embedder
+    log.info("exported %s v%s to ONNX in %.1fs: %s", info.name, info.version, time.perf_counter() - started, folder)
     return OnnxEmbedder(folder, threads=torch.get_num_threads())
 
 
@@ -255,9 +256,7 @@ def load_models(settings: Settings) -> LoadedModels:
     index, collection = open_index(settings, emb_info)  # fail fast, before loading weights
     check_retrieval(retrieval_info, retrieval, emb_info, index)
     device = pick_device(settings.device)
-    embedder = serve_embedder(
-        load_embedder(emb_info.path, device=device), settings.serving.embedder_backend, device, emb_info
-    )
+    embedder = serve_embedder(emb_info, settings.serving.embedder_backend, device)
     chat_model, tokenizer = load_chat(chat_info.path, device=device)
     reranker_info, reranker = None, None
     if retrieval.reranker_name and retrieval.reranker_version:  # the version the unit was measured with

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -65,21 +65,35 @@ class Server:
         return {"Authorization": f"Bearer {API_KEYS[0]}"}
 
 
-def until_status(
-    server: Server, what: str, ok: Callable[[dict[str, Any]], bool], timeout_s: float = STATUS_WAIT_S
-) -> dict[str, Any]:
-    """Poll /v1/status until `ok(status)` holds and return that status; fail with the last one after `timeout_s`.
+T = TypeVar("T")
 
-    The server's engine and rollout state has no push channel, so this polls; it waits for a condition, not for
-    a time, and passes at any CPU speed.
+
+def until(what: str, probe: Callable[[], T], ok: Callable[[T], bool], timeout_s: float = STATUS_WAIT_S) -> T:
+    """Read `probe()` until `ok` holds of it and return that reading; fail with the last one after `timeout_s`.
+
+    The one wait on another process's state in these tests (its /v1/status, its metrics, its log file): those have
+    no push channel to wait on, so this re-reads them every 50 ms. It waits for a condition, never for a time, so it
+    passes at any CPU speed; `timeout_s` is a guard against a hang, not a timing.
     """
     deadline = time.monotonic() + timeout_s
     while True:
-        status: dict[str, Any] = httpx.get(f"{server.url}/v1/status", headers=server.headers, timeout=30).json()
-        if ok(status):
-            return status
-        assert time.monotonic() < deadline, f"server never reached: {what}; last status {status}"
+        seen = probe()
+        if ok(seen):
+            return seen
+        assert time.monotonic() < deadline, f"never reached: {what}; last seen {seen}"
         time.sleep(0.05)
+
+
+def until_status(
+    server: Server, what: str, ok: Callable[[dict[str, Any]], bool], timeout_s: float = STATUS_WAIT_S
+) -> dict[str, Any]:
+    """`until` over the server's /v1/status."""
+
+    def status() -> dict[str, Any]:
+        out: dict[str, Any] = httpx.get(f"{server.url}/v1/status", headers=server.headers, timeout=30).json()
+        return out
+
+    return until(what, status, ok, timeout_s)
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -96,34 +97,32 @@ def test_retrieval_unit_must_match_the_served_embedder_and_the_index(tmp_path: P
 
 
 def test_the_embedder_backend_picks_the_runtime(base_dir: Path, tmp_path: Path) -> None:
-    """auto: ONNX Runtime on a CPU (exported once into the version's folder), sentence-transformers on a GPU; onnx on
-    a GPU is a start-up error naming the fix."""
+    """auto: ONNX Runtime on a CPU (exported once into the version's folder, then opened without the torch model),
+    sentence-transformers on a GPU; onnx on a GPU is a start-up error naming the fix."""
     from sentence_transformers import SentenceTransformer
 
     from core.onnx_embedder import OnnxEmbedder
 
-    model = SentenceTransformer(str(base_dir / "embedder"), device="cpu")
-    info = ServedModel("embedder", "champion", "3", tmp_path / "3", False)
-    assert serve_embedder(model, "torch", "cpu", info) is model
-    assert serve_embedder(model, "auto", "cuda", info) is model  # nothing exported for a GPU
-    assert not (info.path / ONNX_DIR).exists()
+    info = ServedModel("embedder", "champion", "3", shutil.copytree(base_dir / "embedder", tmp_path / "3"), False)
+    assert isinstance(serve_embedder(info, "torch", "cpu"), SentenceTransformer)
     with pytest.raises(StartupError, match=r"onnx runs on the CPU.*use auto"):
-        serve_embedder(model, "onnx", "cuda:0", info)
-    served = serve_embedder(model, "auto", "cpu", info)
+        serve_embedder(info, "onnx", "cuda:0")
+    assert not (info.path / ONNX_DIR).exists()  # nothing exported for a GPU or for torch
+    served = serve_embedder(info, "auto", "cpu")
     assert isinstance(served, OnnxEmbedder) and served.method == "onnxruntime-fp32"
     exported = (info.path / ONNX_DIR / "model.onnx").stat().st_mtime_ns
-    again = serve_embedder(model, "onnx", "cpu", info)  # a restart reuses the export
+    (info.path / "model.safetensors").unlink()  # a restart opens the export; the torch weights are not read again
+    again = serve_embedder(info, "onnx", "cpu")
     assert isinstance(again, OnnxEmbedder) and (info.path / ONNX_DIR / "model.onnx").stat().st_mtime_ns == exported
 
 
 def test_an_unwritable_cache_serves_torch_under_auto_and_fails_onnx_clearly(base_dir: Path, tmp_path: Path) -> None:
     from sentence_transformers import SentenceTransformer
 
-    model = SentenceTransformer(str(base_dir / "embedder"), device="cpu")
-    # a file where the version folder should be (tests run as root, whom a read-only mode would not stop)
-    (tmp_path / "3").write_text("not a folder")
-    info = ServedModel("embedder", "champion", "3", tmp_path / "3", False)
-    assert serve_embedder(model, "auto", "cpu", info) is model
+    info = ServedModel("embedder", "champion", "3", shutil.copytree(base_dir / "embedder", tmp_path / "3"), False)
+    # a file where the export's folder should go (tests run as root, whom a read-only mode would not stop)
+    (info.path / ONNX_DIR).write_text("not a folder")
+    assert isinstance(serve_embedder(info, "auto", "cpu"), SentenceTransformer)
     with pytest.raises(StartupError, match="cannot export embedder v3 to ONNX into"):
-        serve_embedder(model, "onnx", "cpu", info)
-    assert [p.name for p in tmp_path.iterdir()] == ["3"]  # no partial export left behind
+        serve_embedder(info, "onnx", "cpu")
+    assert not list(info.path.glob(f"{ONNX_DIR}.partial*"))  # no partial export left behind

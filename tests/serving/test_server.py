@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -20,7 +19,7 @@ import pytest
 from openai import OpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.serving.conftest import API_KEYS, Server
+from tests.serving.conftest import API_KEYS, Server, until, until_status
 
 pytestmark = pytest.mark.slow
 
@@ -64,15 +63,9 @@ def _chat(max_tokens: int, stream: bool = False) -> dict[str, Any]:
 
 
 async def _wait_for(server: Server, what: str, ok: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
-    """Poll /v1/status until `ok(chat engine status)` holds; fail with the last status after WAIT_S."""
-    deadline = time.monotonic() + WAIT_S
-    async with httpx.AsyncClient(headers=server.headers, timeout=30) as c:
-        while True:
-            chat = (await c.get(f"{server.url}/v1/status")).json()["engines"]["chat"]
-            if ok(chat):
-                return chat  # type: ignore[no-any-return]
-            assert time.monotonic() < deadline, f"the chat engine never reached: {what} (last: {chat})"
-            await asyncio.sleep(0.05)
+    """`until_status` on the chat engine's status, off the event loop (the test's clients keep running)."""
+    status = await asyncio.to_thread(until_status, server, what, lambda s: ok(s["engines"]["chat"]), WAIT_S)
+    return status["engines"]["chat"]  # type: ignore[no-any-return]
 
 
 def _idle(chat: dict[str, Any]) -> bool:
@@ -448,20 +441,18 @@ def test_a_request_moves_its_metrics(http: httpx.Client) -> None:
     chat_route = (("route", "/v1/chat/completions"), ("status", "200"))
     before = _samples(http)
     out = http.post("/v1/chat/completions", json=_chat(5)).json()
-    deadline = time.monotonic() + WAIT_S
     chat_engine = (("engine", "chat"),)
-    while True:
-        # The edge counts a request after its last byte is sent, and the engine reports its gauges at the
-        # end of the step that answered it: both can trail the response, so wait for them.
-        after = _samples(http)
+
+    def counted_and_idle(after: dict[Any, float]) -> bool:
         counted = after.get(("modelplatform_requests_total", chat_route), 0) > before.get(
             ("modelplatform_requests_total", chat_route), 0
         )
-        idle = after[("modelplatform_running", chat_engine)] == after[("modelplatform_waiting", chat_engine)] == 0
-        if counted and idle:
-            break
-        assert time.monotonic() < deadline, f"the request counter never moved, or the engine never idled: {after}"
-        time.sleep(0.05)
+        running, waiting = after[("modelplatform_running", chat_engine)], after[("modelplatform_waiting", chat_engine)]
+        return counted and running == waiting == 0
+
+    # The edge counts a request after its last byte is sent, and the engine reports its gauges at the end of the step
+    # that answered it: both can trail the response, so wait for them.
+    after = until("the request counted and the chat engine idle", lambda: _samples(http), counted_and_idle, WAIT_S)
 
     def moved(name: str, labels: tuple[tuple[str, str], ...] = ()) -> float:
         return after.get((name, labels), 0) - before.get((name, labels), 0)
@@ -481,10 +472,12 @@ def test_one_structured_log_line_per_request(http: httpx.Client, server: Server)
     """Each API request is logged once, by the edge (request id, route, status, latency, what it did)."""
     r = http.post("/v1/embeddings", json={"model": "embedder", "input": ["a", "b"]}, headers={"x-request-id": "lc-1"})
     assert r.status_code == 200 and r.headers["x-request-id"] == "lc-1"
-    deadline = time.monotonic() + WAIT_S
-    while not (lines := [line for line in server.log.read_text().splitlines() if "lc-1" in line]):
-        assert time.monotonic() < deadline, "no log line"  # the log is written by another process
-        time.sleep(0.05)
+    lines = until(  # the log is written by another process
+        "a log line for request lc-1",
+        lambda: [line for line in server.log.read_text().splitlines() if "lc-1" in line],
+        bool,
+        WAIT_S,
+    )
     assert len(lines) == 1, lines
     assert "route=/v1/embeddings" in lines[0] and "status=200" in lines[0] and "inputs=2" in lines[0]
     assert not [line for line in server.log.read_text().splitlines() if "path=/v1/embeddings" in line]
