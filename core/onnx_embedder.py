@@ -14,11 +14,11 @@ C++. Exporting needs the `onnx` package; running needs only `onnxruntime`. Dynam
 matrix multiply's activations per batch, so a text's vector moves slightly with the texts batched with it (cosine
 above 0.98 between batchings in tests/code/test_onnx_embedder.py); the same batch gives the same vectors.
 
-The fp32 form computes the same vectors as sentence-transformers (max abs difference 1.8e-7, cosine 0.9999999 on
-short and chunk-sized texts), so it queries an index built by sentence-transformers, and is faster wherever the
-Python around the forward is a large share: one query 3.6 ms against 11.6, 8 short texts 9.3 ms against 16.9, 32
-short texts 34 ms against 48, 32 chunk-sized texts the same (1.38 s against 1.36; the forward dominates). Measured
-2026-11-30 in one process, 2 threads, fine-tuned MiniLM; the export takes ~1 s, once per served version.
+The fp32 form computes sentence-transformers' vectors (within 1e-5 at any batch size: tests/code/test_onnx_embedder.py),
+so it queries an index built by sentence-transformers, and is faster where the Python around the forward is a large
+share (`python -m benchmarks.peers --only limits`, 2026-11-30, 2 threads): one text 3.23 ms against 9.97, and at
+the best batch (256 short texts) 860 texts/s against 822. Served (`--only embed`, wrk): one client 183.8 texts/s
+against 63.9, 64 clients 328.0 against 276.6. The export takes ~1 s, once per served version.
 
 The saved form is one folder: `model.onnx` (fp32 or int8), the tokenizer's files, and `onnx_embedder.json` (method,
 pooling, window, dimension). Only the module stack our embedders have is supported: Transformer, mean Pooling,
