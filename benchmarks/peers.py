@@ -135,6 +135,8 @@ def peers(port: int) -> list[Peer]:
         transformers,
         Peer("ours", "embed", model="embedder"),  # the default: ONNX Runtime on a CPU (serving.embedder_backend)
         Peer("ours (torch)", "embed", model="embedder", env={"SERVING_EMBEDDER_BACKEND": "torch"}),
+        # the int8 ONNX form the pipeline gated, over the collection built with it (needs `int8` in index.variants)
+        Peer("ours (int8)", "embed", model="embedder", env={"SERVING_EMBEDDER_VARIANT": "int8"}),
         infinity,
     ]
 
@@ -229,7 +231,10 @@ def limits(max_tokens: int) -> dict[str, Any]:
     embedder = load_embedder(paths.EMBEDDER_MODEL, device="cpu")
     with tempfile.TemporaryDirectory() as tmp:  # the runtime the server uses on a CPU (`serving.embedder_backend`)
         onnx = OnnxEmbedder(export_fp32(embedder, Path(tmp) / "onnx"))
-        for prefix, model in (("encode", embedder), ("encode_onnx", onnx)):
+        runtimes: list[tuple[str, Any]] = [("encode", embedder), ("encode_onnx", onnx)]
+        if paths.EMBEDDER_INT8_MODEL.exists():  # stage quantize_embedder's int8 form
+            runtimes.append(("encode_int8", OnnxEmbedder(paths.EMBEDDER_INT8_MODEL)))
+        for prefix, model in runtimes:
             by_batch, one_ms = encode_limits(model)
             out[f"{prefix}_texts_per_s_by_batch"], out[f"{prefix}_one_text_ms"] = by_batch, one_ms
     return out

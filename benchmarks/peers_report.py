@@ -47,6 +47,18 @@ def ratios(report: dict[str, Any]) -> dict[str, Any]:
             out["embeddings ours / best offline encode on ONNX Runtime, 64 clients"] = div(
                 e, max(lim["encode_onnx_texts_per_s_by_batch"].values())
             )
+    if isinstance(emb.get("ours (int8)"), dict):  # serving.embedder_variant: int8, over its own collection
+        i8 = emb["ours (int8)"]
+        if isinstance(emb.get("infinity"), dict):
+            for n in ("64", "1"):
+                clients = f"{n} client{'s' if n != '1' else ''}"
+                out[f"embeddings ours int8 / infinity, {clients}"] = div(
+                    i8[n]["texts_per_s"], emb["infinity"][n]["texts_per_s"]
+                )
+        if "encode_texts_per_s_by_batch" in lim:
+            out["embeddings ours int8 / best offline fp32 encode, 64 clients"] = div(
+                i8["64"]["texts_per_s"], max(lim["encode_texts_per_s_by_batch"].values())
+            )
     return out
 
 
@@ -91,7 +103,9 @@ def markdown(report: dict[str, Any]) -> str:
         if isinstance(g, dict):
             lines.append(f"| `generate` {name}, one stream | {g['one_stream_tokens_per_s']} tokens/s |")
             lines.append(f"| `generate` {name}, static batch of 16 | {g['static_batch_16_tokens_per_s']} tokens/s |")
-    for key, name in (("encode", "`encode`"), ("encode_onnx", "`encode` on ONNX Runtime fp32 (what the server runs)")):
+    runtimes = (("encode", "`encode`"), ("encode_onnx", "`encode` on ONNX Runtime fp32 (what the server runs)"),
+                ("encode_int8", "int8 ONNX embedder (`serving.embedder_variant: int8`)"))  # fmt: skip
+    for key, name in runtimes:
         if f"{key}_texts_per_s_by_batch" in lim:
             best = max(lim[f"{key}_texts_per_s_by_batch"].items(), key=lambda kv: kv[1])
             lines.append(f"| {name}, best batch ({best[0]}) | {best[1]} texts/s |")

@@ -32,7 +32,7 @@ from core.data_params import (
 )
 from core.retrieval_params import RetrievalParams, TrainRerankerParams
 from core.sections import Section
-from core.serving_params import ServingParams
+from core.serving_params import ServingParams, Variant
 
 __all__ = [  # sections of Params, defined beside it for size
     "ChunkParams",
@@ -142,6 +142,9 @@ class ModelsParams(Section):
     chat_int8_name: str = "chat-int8"
     """The int8 variant of each gated chat version (stage `quantize_chat`); its alias follows the float one's."""
     embedder_name: str = "embedder"
+    embedder_int8_name: str = "embedder-int8"
+    """The int8 ONNX form of each gated fine-tuned embedder version (stage `quantize_embedder`); its alias follows
+    the float one's, and the retrieval unit names the one it can serve with (`embedder_int8_version`)."""
     retrieval_name: str = "retrieval"
     reranker_name: str = "reranker"
     """The registered retrieval configuration (core/retrieval_unit.py): embedder version, mode, lexical index."""
@@ -249,6 +252,9 @@ class GateParams(Section):
     """How much worse than the current champion a candidate may be and still be promoted."""
     int8_max_loss_increase: float = Field(default=0.05, ge=0)
     """The int8 chat variant is registered only if its held-out loss exceeds the float model's by less than this."""
+    embedder_int8_max_drop: float = Field(default=0.01, ge=0)
+    """The int8 embedder is registered only if its held-out dense `embedder_metric` is below the float model's by
+    less than this (stage `quantize_embedder`)."""
 
 
 class IndexParams(Section):
@@ -259,10 +265,21 @@ class IndexParams(Section):
     chroma_port: int = Field(default=8000, ge=1, le=65535)
     collection_prefix: str = Field(default="chunks", pattern=r"^[a-zA-Z0-9][a-zA-Z0-9._-]{1,40}$")
     batch_size: int = Field(default=128, ge=1)
+    variants: tuple[Variant, ...] = Field(default=("float",), min_length=1)
+    """Which forms of the retrieval unit's embedder get a collection: `float` (the registered embedder) and `int8`
+    (its int8 ONNX form, when the unit names one); the server searches the one `serving.embedder_variant` names.
+    Each adds one embedding of every chunk to the index stage (int8: ~half float's time)."""
     keep_collections: int = Field(default=2, ge=1)
     """Collections kept after a switch, the new active one included (for rollback); older ones are deleted. Keep 2
     or more while servers roll out live (serving/rollout.py): they search the previous collection until they
-    switch."""
+    switch. Per variant."""
+
+    @field_validator("variants")
+    @classmethod
+    def _each_variant_once(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"name each variant once (got {list(v)})")
+        return v
 
     def chroma_dir(self) -> Path:
         p = Path(self.chroma_path)
@@ -288,6 +305,15 @@ class Params(Section):
     index: IndexParams = IndexParams()
     tracking: TrackingParams = TrackingParams()
     serving: ServingParams = ServingParams()
+
+    @model_validator(mode="after")
+    def _served_variant_is_indexed(self) -> Params:
+        if self.serving.embedder_variant not in self.index.variants:
+            raise ValueError(
+                f"serving.embedder_variant {self.serving.embedder_variant!r} has no index: add it to index.variants "
+                f"(now {list(self.index.variants)}) and run `dvc repro index`"
+            )
+        return self
 
 
 def _format_error(path: Path, err: ValidationError) -> str:

@@ -19,9 +19,10 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
+import torch
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.cross_encoder import CrossEncoder
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
@@ -29,6 +30,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from core.device import pick_device, pick_dtype
 from core.quantize import is_quantized_folder, load_quantized
 from core.registry import Registry, is_model_uri
+
+if TYPE_CHECKING:
+    from core.onnx_embedder import OnnxEmbedder
 
 
 @contextmanager
@@ -85,6 +89,22 @@ def load_embedder(source: str | Path, device: str | None = None) -> SentenceTran
 
             return mlflow.sentence_transformers.load_model(str(folder)).to(device)
         return SentenceTransformer(str(folder), device=device)
+
+
+def load_onnx_embedder(source: str | Path) -> OnnxEmbedder:
+    """Load an ONNX embedder (core/onnx_embedder.py: the int8 variant `embedder-int8`, or an fp32 export) on the CPU.
+
+    Args:
+        source: a folder, a `file://` URI or a `models:/` registry URI (a pyfunc whose artifact is the folder).
+
+    Raises:
+        FileNotFoundError: `source` names no folder, or none holding an ONNX embedder.
+        RegistryError: a registry URI that the registry cannot resolve or supply.
+    """
+    from core.onnx_embedder import OnnxEmbedder, find_onnx_folder
+
+    with _local_folder(source) as folder:
+        return OnnxEmbedder(find_onnx_folder(folder), threads=torch.get_num_threads())
 
 
 def load_reranker(source: str | Path, device: str | None = None) -> CrossEncoder:

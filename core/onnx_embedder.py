@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from mlflow.pyfunc import PythonModel
 from sentence_transformers import SentenceTransformer
 
 CARD = "onnx_embedder.json"
@@ -49,6 +50,19 @@ _STACK = ("Transformer", "Pooling", "Normalize")
 def is_onnx_folder(folder: Path) -> bool:
     """Whether `folder` holds what `quantize` writes."""
     return (folder / CARD).is_file() and (folder / MODEL_FILE).is_file()
+
+
+def find_onnx_folder(model_dir: Path) -> Path:
+    """The ONNX embedder folder in a downloaded registry version (MLflow keeps a pyfunc's artifact under
+    `artifacts/<name>/`), or `model_dir` itself when it is one.
+
+    Raises:
+        FileNotFoundError: neither holds one.
+    """
+    for candidate in (model_dir, *sorted((model_dir / "artifacts").glob("*"))):
+        if is_onnx_folder(candidate):
+            return candidate
+    raise FileNotFoundError(f"no ONNX embedder ({CARD} and {MODEL_FILE}) in {model_dir} or its artifacts/")
 
 
 def _check_stack(source: Path) -> int:
@@ -151,6 +165,23 @@ def quantize(source: Path, dest: Path) -> Path:
     model.tokenizer.save_pretrained(str(dest))
     _write_card(dest, model, METHOD, quantized_from=str(source))
     return dest
+
+
+class OnnxEmbedderModel(PythonModel):  # type: ignore[misc]
+    """The int8 embedder's MLflow pyfunc: a list of texts -> one unit-length vector per text (lists of floats).
+    `mlflow.pyfunc.load_model("models:/embedder-int8@champion").predict(["how do I ..."])`."""
+
+    def load_context(self, context: Any) -> None:
+        self.model = OnnxEmbedder(Path(context.artifacts["embedder_int8"]))
+
+    def __getstate__(self) -> dict[str, Any]:
+        # MLflow pickles this object after trying the input example on it; the ONNX Runtime session it loaded then
+        # cannot be pickled, and is loaded again from the artifact anyway.
+        return {k: v for k, v in self.__dict__.items() if k != "model"}
+
+    def predict(self, context: Any, model_input: list[str], params: dict[str, Any] | None = None) -> list[list[float]]:
+        texts = [str(t) for t in model_input]
+        return np.asarray(self.model.encode(texts)).tolist() if texts else []
 
 
 class OnnxEmbedder:

@@ -48,6 +48,8 @@ RERANKER_LOSS_PLOT = ARTIFACTS / "plots" / "reranker_loss.csv"
 CHAT_LOSS_PLOT = ARTIFACTS / "plots" / "chat_loss.csv"
 CHAT_INT8_MODEL = ARTIFACTS / "models" / "chat_int8"
 QUANTIZE_CHAT_METRICS = ARTIFACTS / "metrics" / "quantize_chat.json"
+EMBEDDER_INT8_MODEL = ARTIFACTS / "models" / "embedder_int8"
+QUANTIZE_EMBEDDER_METRICS = ARTIFACTS / "metrics" / "quantize_embedder.json"
 
 EVAL_METRICS = ARTIFACTS / "metrics" / "evaluate.json"
 RECALL_PLOT = ARTIFACTS / "plots" / "recall_at_k.csv"

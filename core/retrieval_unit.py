@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict
 from core.errors import AliasNotFound
 from core.lexical import LexicalIndex
 from core.retrieval_params import Mode, RetrievalParams
+from core.serving_params import Variant
 
 if TYPE_CHECKING:
     from core.registry import Registry
@@ -45,6 +46,11 @@ class RetrievalConfig(BaseModel):
 
     embedder_name: str
     embedder_version: str
+    embedder_int8_name: str | None = None
+    embedder_int8_version: str | None = None
+    """The registered int8 form of `embedder_version` (stage `quantize_embedder`) that `serving.embedder_variant: int8`
+    searches with, over its own collection; None when there is none (its gate refused, or the unit searches with an
+    embedder that was not the fine-tuned candidate of this run)."""
     chunks_md5: str
     """The chunks both indexes were built from; the active Chroma collection must carry the same."""
     chunking: dict[str, Any]
@@ -81,6 +87,14 @@ class RetrievalConfig(BaseModel):
             rerank_candidates=rp.rerank_candidates,
             **fields,
         )
+
+    def embedder(self, variant: Variant = "float") -> tuple[str, str] | None:
+        """The registered (name, version) that embeds for `variant`; None when the unit has no such form."""
+        if variant == "float":
+            return self.embedder_name, self.embedder_version
+        if self.embedder_int8_name and self.embedder_int8_version:
+            return self.embedder_int8_name, self.embedder_int8_version
+        return None
 
     def weights(self) -> tuple[float, float]:
         return (self.dense_weight, self.lexical_weight)

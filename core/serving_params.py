@@ -12,6 +12,9 @@ from pydantic import Field, model_validator
 
 from core.sections import Section
 
+Variant = Literal["float", "int8"]
+"""A registered model's form: the trained float weights, or their int8 variant the pipeline made and gated."""
+
 LOCAL_MODELS = ("chat", "rag", "embedder", "reranker")
 """The names the platform's own models are served under; an upstream may not take one."""
 
@@ -39,7 +42,7 @@ class ServingParams(Section):
 
     chat_alias: str = "champion"
     """Registry alias served for `models.chat_name` (e.g. `challenger` to try a candidate)."""
-    chat_variant: Literal["float", "int8"] = "float"
+    chat_variant: Variant = "float"
     """`int8` serves `models.chat_int8_name` at `chat_alias` instead: the int8 form of the float version that the
     pipeline gated (stage `quantize_chat`; ~2-2.7x the float model's one-stream tokens/s on this CPU, CPU only).
     `float` is the exact path (greedy answers equal `generate`) and the one a GPU runs."""
@@ -48,6 +51,11 @@ class ServingParams(Section):
     vectors, so the same index and hits; 2.9x the one-client embeddings and 1.19x at 64 clients on this CPU;
     exported once per version into the model cache; CPU only). `torch`: sentence-transformers, the path the pipeline
     embeds and indexes with. `auto`: `onnx` on a CPU, `torch` on a GPU."""
+    embedder_variant: Variant = "float"
+    """`int8` serves the int8 ONNX form of the embedder the retrieval unit names (`models.embedder_int8_name`, stage
+    `quantize_embedder`, gated on held-out retrieval) and searches the collection built with it, which `index.variants`
+    must list: int8 vectors are never compared with float ones. ~2x float's batch throughput on this CPU; CPU only.
+    `float`: the registered embedder itself (on `embedder_backend`)."""
     embedder_alias: str = "champion"
     """Registry alias of `models.embedder_name` that the benchmarks load. The server embeds with the version its
     retrieval unit names instead (usually this one; the base model or the naive recipe's when they measured best)."""

@@ -304,6 +304,14 @@ def log_int8_chat_model(model_dir: Path, pip_requirements: list[str]) -> str:
     return _log_folder_pyfunc("chat_int8", Int8ChatModel(), model_dir, example, pip_requirements)
 
 
+def log_int8_embedder_model(model_dir: Path, pip_requirements: list[str]) -> str:
+    """Log an int8 ONNX embedder folder (core/onnx_embedder.py `quantize`) into the active run as a pyfunc."""
+    from core.onnx_embedder import OnnxEmbedderModel
+
+    example = ["json: dumps", "How do I read a file line by line?"]
+    return _log_folder_pyfunc("embedder_int8", OnnxEmbedderModel(), model_dir, example, pip_requirements)
+
+
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     out: dict[str, str] = {}
     for k, v in d.items():

@@ -4,6 +4,9 @@ Shared by the index stage (which writes) and serving (which reads). An index bui
 collection and only then moves the pointer, so readers never see a half-built index. The pointer
 lives in Chroma itself (the metadata of a small `active-index` collection), so it works the same for
 the embedded on-disk store and for a Chroma server.
+
+Each embedder variant (`index.variants`: the float embedder, its int8 form) has its own collections and pointer
+(`active-index`, `active-index-int8`): a query is only ever compared with vectors of the encoder that embeds it.
 """
 
 from __future__ import annotations
@@ -15,9 +18,19 @@ import chromadb
 from chromadb.api import ClientAPI
 from chromadb.config import Settings
 
-from core.config import IndexParams
+from core.config import IndexParams, Variant
 
 POINTER = "active-index"
+
+
+def pointer_name(variant: Variant = "float") -> str:
+    """The pointer collection of `variant`'s index (the float one keeps the original name)."""
+    return POINTER if variant == "float" else f"{POINTER}-{variant}"
+
+
+def _stem(prefix: str, variant: Variant) -> str:
+    """What every collection of `variant` is named after: `chunks-v` (float), `chunks-int8-v`."""
+    return f"{prefix}-v" if variant == "float" else f"{prefix}-{variant}-v"
 
 
 @dataclass(frozen=True)
@@ -41,15 +54,15 @@ def chroma_client(cfg: IndexParams) -> ClientAPI:
     return chromadb.PersistentClient(path=str(cfg.chroma_dir()), settings=settings)
 
 
-def collection_name(prefix: str, embedder_version: str, data_md5: str) -> str:
+def collection_name(prefix: str, embedder_version: str, data_md5: str, variant: Variant = "float") -> str:
     # Chroma names: 3-512 chars of [a-zA-Z0-9._-]
-    return f"{prefix}-v{embedder_version}-{data_md5[:12]}"
+    return f"{_stem(prefix, variant)}{embedder_version}-{data_md5[:12]}"
 
 
-def read_active(client: ClientAPI) -> ActiveIndex | None:
-    """The collection the pointer names, or None when no index has been switched in yet."""
+def read_active(client: ClientAPI, variant: Variant = "float") -> ActiveIndex | None:
+    """The collection `variant`'s pointer names, or None when no index of it has been switched in yet."""
     try:
-        meta = client.get_collection(POINTER).metadata or {}
+        meta = client.get_collection(pointer_name(variant)).metadata or {}
     except Exception:  # chromadb raises NotFoundError / ValueError depending on the backend
         return None
     if "collection" not in meta:
@@ -63,19 +76,21 @@ def read_active(client: ClientAPI) -> ActiveIndex | None:
     )
 
 
-def switch_active(client: ClientAPI, active: ActiveIndex) -> None:
-    """Point readers at `active.collection` (one metadata write)."""
-    pointer = client.get_or_create_collection(POINTER, embedding_function=None)
+def switch_active(client: ClientAPI, active: ActiveIndex, variant: Variant = "float") -> None:
+    """Point `variant`'s readers at `active.collection` (one metadata write)."""
+    pointer = client.get_or_create_collection(pointer_name(variant), embedding_function=None)
     pointer.modify(metadata=active.to_metadata())
 
 
-def prune(client: ClientAPI, prefix: str, keep: int, active: str) -> list[str]:
-    """Delete all but the `keep` most recently built collections named `prefix-*`; never the active one.
+def prune(client: ClientAPI, prefix: str, keep: int, active: str, variant: Variant = "float") -> list[str]:
+    """Delete all but the `keep` most recently built collections of `variant` (named `prefix-v*` or
+    `prefix-<variant>-v*`); never the active one, never another variant's.
 
     Returns:
         The names deleted.
     """
-    ours = [c for c in client.list_collections() if c.name.startswith(prefix + "-") and c.name != active]
+    stem = _stem(prefix, variant)
+    ours = [c for c in client.list_collections() if c.name.startswith(stem) and c.name != active]
     ours.sort(key=lambda c: float((c.metadata or {}).get("built_at", 0.0)), reverse=True)  # newest first
     stale = [c.name for c in ours[max(keep - 1, 0) :]]
     for name in stale:

@@ -31,13 +31,13 @@ from core.tracking import (
     log_chat_model,
     log_datasets,
     log_embedder_model,
-    log_int8_chat_model,
     resume_run,
     setup_mlflow,
 )
 from evaluation.chat_quality import heldout_loss
 from evaluation.gate import Decision, decide
 from evaluation.register_retrieval import RetrievalRegisterError, register_retrieval, versus_naive
+from evaluation.register_variants import register_chat_int8, register_embedder_int8
 from evaluation.retrieval import QuestionSet
 
 log = get_logger(__name__)
@@ -92,62 +92,6 @@ def register_chat(p: Params, registry: Registry, run_id: str, tags: dict[str, st
         )
         log_datasets({"chat_train": (paths.CHAT_TRAIN, "training"), "chat_eval": (paths.CHAT_EVAL, "evaluation")})
     return Registered(p.models.chat_name, registry.register(uri, p.models.chat_name, tags), uri)
-
-
-def int8_card(q: dict[str, Any], source: str) -> str:
-    """The int8 version's description: what it is, how it was made and measured (stage `quantize_chat`)."""
-    f, i, speed = q["float"], q["int8"], q["tokens_per_s_one_stream"]
-    return (
-        f"int8 variant of {source} ({q['method']}: SmoothQuant alpha {q['alpha']} over {q['calibration_examples']} "
-        f"training examples, then int8 weights per output channel with dynamic int8 activations; "
-        f"{q['modules']} Linear modules quantised, kept in float: {', '.join(q['skip']) or 'none'}). "
-        f"CPU only (PyTorch's dynamic int8 kernels); a GPU serves the float version. "
-        f"Held-out loss {i['eval_loss']} (float {f['eval_loss']}), "
-        f"answer F1 {i['answer_f1']} (float {f['answer_f1']}), "
-        f"top-token agreement with the float model {q['top_token_agreement']}; one stream {speed['int8']} tokens/s "
-        f"(float {speed['float']}) on {speed['threads']} threads where the pipeline ran. Gate: {q['gate']['reason']}."
-    )
-
-
-def register_chat_int8(p: Params, registry: Registry, chat: dict[str, Any], tags: dict[str, str]) -> dict[str, Any]:
-    """Register the int8 variant of the chat version just gated, when its own gate passed (stage `quantize_chat`);
-    it takes the champion alias exactly when that float version did, so `chat-int8@champion` is always the int8
-    form of `chat@champion` or of nothing newer."""
-    name, alias = p.models.chat_int8_name, p.models.champion_alias
-    q = json.loads(paths.QUANTIZE_CHAT_METRICS.read_text())
-    source = f"{p.models.chat_name}/{chat['version']}"
-    if not q["gate"]["passed"]:
-        log.warning("int8 chat not registered: %s", q["gate"]["reason"])
-        return {
-            "version": None,
-            "source": source,
-            "reason": q["gate"]["reason"],
-            "champion_version": registry.find(name, alias),
-        }
-    run_id = json.loads(paths.TRAIN_CHAT_METRICS.read_text())["run_id"]
-    with resume_run(run_id):
-        uri = log_int8_chat_model(paths.CHAT_INT8_MODEL, _pins("transformers", "torch", "safetensors"))
-    card_tags = {
-        "variant": "int8",
-        "quantized_from": source,
-        "quantization.method": q["method"],
-        "heldout.eval_loss": str(q["int8"]["eval_loss"]),
-        "heldout.answer_f1": str(q["int8"]["answer_f1"]),
-        "heldout.top_token_agreement": str(q["top_token_agreement"]),
-        "gate.decision": "registered",
-        "gate.reasons": q["gate"]["reason"],
-    }
-    version = registry.register(uri, name, tags | card_tags)
-    registry.tag(name, version, {}, description=int8_card(q, source))
-    if chat["champion_version"] == chat["version"]:
-        registry.promote(name, alias, version)
-        log.info("promoted model=%s version=%s alias=%s (the int8 form of %s)", name, version, alias, source)
-    return {
-        "version": version,
-        "source": source,
-        "reason": q["gate"]["reason"],
-        "champion_version": registry.find(name, alias),
-    }
 
 
 def champion_score_embedder(p: Params, uri: str) -> float:
@@ -283,9 +227,16 @@ def main() -> None:
     ]
     report: dict[str, Any] = {c.kind: gate_one(p, registry, c, metrics[c.kind], tags) for c in candidates}
     report["chat_int8"] = register_chat_int8(p, registry, report["chat"], tags)
+    report["embedder_int8"] = register_embedder_int8(p, registry, report["embedder"], tags)
     try:
         report["retrieval"] = register_retrieval(
-            p, registry, metrics, report["embedder"], tags, lambda: base_embedder_version(p, registry, report, tags)
+            p,
+            registry,
+            metrics,
+            report["embedder"],
+            tags,
+            lambda: base_embedder_version(p, registry, report, tags),
+            report["embedder_int8"],
         )
     except RetrievalRegisterError as e:
         write_json(report, paths.REGISTER_REPORT)
@@ -294,13 +245,15 @@ def main() -> None:
     report["embedder"]["versus_naive"] = versus_naive(p.gate.embedder_metric, dense, metrics["naive"], "dense search")
     write_json(report, paths.REGISTER_REPORT)
     for name, r in report.items():
-        if name == "chat_int8":
+        if name in ("chat_int8", "embedder_int8"):
             verdict = f"version {r['version']} registered" if r["version"] else "not registered"
             print(f"{name} (of {r['source']}): {verdict}; {p.models.champion_alias} is v{r['champion_version']}")
             print(f"  - {r['reason']}")
             continue
         if name == "retrieval":
-            print(f"retrieval: version {r['version']} PROMOTED (mode {r['mode']}, embedder v{r['embedder_version']})")
+            int8 = f", int8 form v{r['embedder_int8_version']}" if r["embedder_int8_version"] else ""
+            served = f"mode {r['mode']}, embedder v{r['embedder_version']}{int8}"
+            print(f"retrieval: version {r['version']} PROMOTED ({served})")
             for reason in [*r["reasons"], r["versus_naive"]["summary"]]:
                 print(f"  - {reason}")
             continue

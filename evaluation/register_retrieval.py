@@ -164,6 +164,7 @@ def register_retrieval(
     embedder: dict[str, Any],
     tags: dict[str, str],
     register_base: Callable[[], str],
+    int8: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Choose what search serves (see the module docstring), register it as one unit and promote it.
 
@@ -171,6 +172,8 @@ def register_retrieval(
         embedder: the embedder gate's report (`version`, `base_version`, `champion_version`).
         register_base: registers the base embedder (not promoted) and returns its version; called only when the
             chosen candidate searches with it.
+        int8: the int8 embedder's registration (`evaluation.register_variants.register_embedder_int8`); the unit names
+            it when it searches with the float version it was made from.
 
     Raises:
         RetrievalRegisterError: no embedder champion, or the lexical index is not of the current chunks.
@@ -229,10 +232,13 @@ def register_retrieval(
                 chosen.embedder
             ) or register_base()
             served = Served(emb_version, chosen_chunking(p), paths.CHUNKS, paths.LEXICAL_INDEX)
+        int8_version = int8["version"] if int8 and int8["source_version"] == served.embedder_version else None
         config = RetrievalConfig.of(
             p.retrieval,
             embedder_name=p.models.embedder_name,
             embedder_version=served.embedder_version,
+            embedder_int8_name=p.models.embedder_int8_name if int8_version else None,
+            embedder_int8_version=int8_version,
             chunks_md5=file_md5(served.chunks_file),
             chunking=served.chunking.model_dump(),
             mode=chosen.mode,
@@ -259,6 +265,7 @@ def register_retrieval(
         name,
         tags
         | {"mode": chosen.mode, "embedder_version": served.embedder_version, "served": chosen.embedder,
+           "embedder_int8_version": str(int8_version),
            "reranker_version": str(config.reranker_version)},
     )  # fmt: skip
     registry.tag(name, new, {"gate.decision": "promoted", "gate.reasons": " | ".join(config.reasons)})
@@ -272,6 +279,7 @@ def register_retrieval(
         "champion_version": new,
         "served": chosen.embedder,
         "embedder_version": served.embedder_version,
+        "embedder_int8_version": int8_version,
         "chunking": served.chunking.name,
         "mode": chosen.mode,
         "reranker": reranker,

@@ -139,6 +139,20 @@ def retrieval(r: Report) -> None:
             ],
             "Base, candidate and the champion now, on the gate's metric",
         )
+    q = _json(paths.QUANTIZE_EMBEDDER_METRICS)
+    if q:
+        m, speed = q.get("metric", ""), q.get("chunks_per_s", {})
+        r.table(
+            ["fine-tuned embedder", f"dense {m}", f"hybrid {m}", "chunks/s", "cosine with float"],
+            [
+                ("float (sentence-transformers)", q["float"]["dense"].get(m), q["float"]["hybrid"].get(m),
+                 speed.get("float"), 1.0),
+                (f"int8 ({q.get('method')})", q["int8"]["dense"].get(m), q["int8"]["hybrid"].get(m),
+                 speed.get("int8"), q.get("cosine_with_float", {}).get("mean")),
+            ],
+            f"Its int8 form (stage `quantize_embedder`): chunks/s at batch {speed.get('batch_size')} on "
+            f"{speed.get('threads')} threads where the pipeline ran",
+        )  # fmt: skip
     chunking = _json(paths.CHUNKING).get("candidates", {})
     if chunking:
         r.table(
@@ -192,19 +206,29 @@ def gates(r: Report) -> None:
         outcome = "promoted to champion" if d.get("promote") or d.get("promote_base") else "not promoted"
         r.paragraph(f"<b>{name}</b> v{d.get('version')}: {verdict(bool(d.get('promote')), outcome)}", raw=True)
         r.bullets(d.get("reasons", []))
-    q = reg.get("chat_int8", {})
-    if q:
-        registered = q.get("version") is not None
-        outcome = "registered" if registered else "refused"
-        r.paragraph(f"<b>chat int8</b> (from {q.get('source')}): {verdict(registered, outcome)}", raw=True)
-        r.bullets([q.get("reason", "")])
+    for name in ("chat_int8", "embedder_int8"):
+        q = reg.get(name, {})
+        if q:
+            registered = q.get("version") is not None
+            outcome = "registered" if registered else "refused"
+            label = name.replace("_", " ")
+            r.paragraph(f"<b>{label}</b> (from {q.get('source')}): {verdict(registered, outcome)}", raw=True)
+            r.bullets([q.get("reason", "")])
     ret = reg.get("retrieval", {})
     if ret:
         r.paragraph(
             f"<b>retrieval</b> v{ret.get('version')}: {verdict(True, 'served')} "
-            f"({ret.get('mode')}, chunks {ret.get('chunking')}, embedder v{ret.get('embedder_version')})",
+            f"({ret.get('mode')}, chunks {ret.get('chunking')}, embedder v{ret.get('embedder_version')}"
+            + (f", int8 form v{ret['embedder_int8_version']}" if ret.get("embedder_int8_version") else "")
+            + ")",
             raw=True,
         )
+        champion = reg.get("embedder", {}).get("champion_version")
+        if champion and champion != ret.get("embedder_version"):
+            r.paragraph(
+                f"The unit searches with embedder v{ret.get('embedder_version')} while embedder@champion is "
+                f"v{champion}: the embedder gate judges dense search alone; the unit is chosen on what it serves."
+            )
         r.bullets(ret.get("reasons", []))
         if ret.get("versus_naive"):
             r.paragraph(ret["versus_naive"].get("summary", ""))
@@ -216,16 +240,21 @@ def registry(r: Report) -> None:
     r.section("Registry versions from this run", "registry")
     rows = []
     for name, d in (("embedder", reg.get("embedder", {})), ("chat", reg.get("chat", {})),
-                    ("chat-int8", reg.get("chat_int8", {})), ("retrieval", reg.get("retrieval", {})),
+                    ("chat-int8", reg.get("chat_int8", {})), ("embedder-int8", reg.get("embedder_int8", {})),
+                    ("retrieval", reg.get("retrieval", {})),
                     ("reranker", reg.get("retrieval", {}).get("reranker", {}))):  # fmt: skip
         if d:
             rows.append((name, d.get("version"), d.get("champion_version")))
     r.table(["registered model", "version made", "champion now"], rows, "`mlflow ui` from the repo root shows them")
-    if manifest:
-        r.paragraph(
-            f"Index: Chroma collection {manifest.get('collection')} with {manifest.get('count')} vectors from "
-            f"{manifest.get('embedder_name')} v{manifest.get('embedder_version')}."
-        )
+    variants = manifest.get("variants") or ({"float": manifest} if manifest else {})
+    for variant, built in variants.items():
+        if "skipped" in built:
+            r.paragraph(f"Index ({variant}): none: {built['skipped']}.")
+        else:
+            r.paragraph(
+                f"Index ({variant}): Chroma collection {built.get('collection')} with {built.get('count')} vectors "
+                f"from {built.get('embedder_name')} v{built.get('embedder_version')}."
+            )
 
 
 def build() -> Report:

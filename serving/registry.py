@@ -2,8 +2,8 @@
 
     resolve   `models:/<name>@<alias>` -> version (core.registry, the one module that calls MLflow's registry)
     cache     download that version once into `<cache_dir>/<name>/<version>/` (complete marker last)
-    verify    the active Chroma collection was built by the embedder version `retrieval@alias` names (the one
-              served), from the chunks the retrieval unit carries
+    verify    the active Chroma collection (of `serving.embedder_variant`) was built by the embedder version
+              `retrieval@alias` names in that form (the one served), from the chunks the retrieval unit carries
     load      core.loading (the same functions evaluation uses), from the cached folder, on `settings.device`;
               the embedder then on the runtime `serving.embedder_backend` picks (`serve_embedder`)
 
@@ -28,9 +28,10 @@ from core.errors import RegistryError, StartupError
 from core.lexical import LexicalIndex
 from core.loading import load_chat, load_embedder, load_reranker
 from core.log import get_logger
-from core.onnx_embedder import OnnxEmbedder, export_fp32, is_onnx_folder, supported
+from core.onnx_embedder import OnnxEmbedder, export_fp32, find_onnx_folder, is_onnx_folder, supported
 from core.registry import Registry
 from core.retrieval_unit import RetrievalConfig, read_unit
+from core.serving_params import Variant
 from core.vectorstore import ActiveIndex, chroma_client, read_active
 from serving.settings import Settings
 
@@ -138,15 +139,21 @@ class LoadedModels:
 
 
 def open_index(settings: Settings, embedder: ServedModel) -> tuple[ActiveIndex, Collection]:
-    """The active Chroma collection, checked against the served embedder.
+    """The active Chroma collection of `serving.embedder_variant`, checked against the served embedder.
 
     Raises:
-        StartupError: no active index, or it was built by another embedder name/version.
+        StartupError: no active index of that variant, or it was built by another embedder name/version.
     """
+    variant = settings.serving.embedder_variant
     client = chroma_client(settings.index)
-    active = read_active(client)
+    active = read_active(client, variant)
     where = settings.index.chroma_host or settings.index.chroma_dir()
     if active is None:
+        if variant != "float":
+            raise StartupError(
+                f"no active {variant} Chroma index in {where}: list {variant} in index.variants and build it "
+                "(`dvc repro index`)"
+            )
         raise StartupError(f"no active Chroma index in {where}: run the pipeline (`dvc repro`) to build one")
     if (active.embedder_name, active.embedder_version) != (embedder.name, embedder.version):
         raise StartupError(
@@ -172,16 +179,40 @@ def read_retrieval(retrieval: ServedModel) -> tuple[RetrievalConfig, LexicalInde
         ) from e
 
 
-def check_retrieval(retrieval: ServedModel, config: RetrievalConfig, embedder: ServedModel, index: ActiveIndex) -> None:
-    """The unit names the served embedder version, and the active index holds the unit's chunks.
+def unit_embedder(retrieval: ServedModel, config: RetrievalConfig, variant: Variant) -> tuple[str, str]:
+    """The registered (name, version) the unit embeds with in `variant` (`serving.embedder_variant`).
+
+    Raises:
+        StartupError: the unit names no such form (no int8 form passed its gate for the embedder it searches with).
+    """
+    named = config.embedder(variant)
+    if named is None:
+        raise StartupError(
+            f"{retrieval.name} version {retrieval.version} names no {variant} form of {config.embedder_name} version "
+            f"{config.embedder_version} (its gate refused it, or the unit searches with another embedder than the "
+            "run's fine-tuned candidate: artifacts/reports/register.json says which): serve serving.embedder_variant: "
+            "float"
+        )
+    return named
+
+
+def check_retrieval(
+    retrieval: ServedModel,
+    config: RetrievalConfig,
+    embedder: ServedModel,
+    index: ActiveIndex,
+    variant: Variant = "float",
+) -> None:
+    """The unit names the served embedder version (in `variant`), and the active index holds the unit's chunks.
 
     Raises:
         StartupError: it names another embedder version or other chunks.
     """
-    if (config.embedder_name, config.embedder_version) != (embedder.name, embedder.version):
+    name, version = unit_embedder(retrieval, config, variant)
+    if (name, version) != (embedder.name, embedder.version):
         raise StartupError(
             f"{retrieval.name} version {retrieval.version} (models:/{retrieval.name}@{retrieval.alias}) searches with "
-            f"{config.embedder_name} version {config.embedder_version}, but serving would load {embedder.name} "
+            f"{name} version {version}, but serving would load {embedder.name} "
             f"version {embedder.version}; serve the embedder version the unit names"
         )
     if config.chunks_md5 != index.data_md5:
@@ -202,15 +233,29 @@ def open_retrieval(
     return config, lexical
 
 
-def serve_embedder(info: ServedModel, backend: str, device: str) -> SentenceTransformer | OnnxEmbedder:
-    """Load the cached embedder version `info` on the runtime `serving.embedder_backend` picks: sentence-transformers
-    (`torch`), or its fp32 ONNX export on ONNX Runtime (`onnx`; `auto` on a CPU), exported once into the version's
-    cache folder; once exported, a restart or a rollout opens the export without loading the torch model.
+def serve_embedder(
+    info: ServedModel, backend: str, device: str, variant: Variant = "float"
+) -> SentenceTransformer | OnnxEmbedder:
+    """Load the cached embedder version `info`. Its int8 form (`variant`) runs on ONNX Runtime as registered. A float
+    one runs on the runtime `serving.embedder_backend` picks: sentence-transformers (`torch`), or its fp32 ONNX
+    export on ONNX Runtime (`onnx`; `auto` on a CPU), exported once into the version's cache folder; once exported,
+    a restart or a rollout opens the export without loading the torch model.
 
     Raises:
-        StartupError: `onnx` asked for on a GPU, for an embedder the export does not support, or where the cache
-            cannot be written (`auto` serves torch in the last two cases, with a warning).
+        StartupError: int8 or `onnx` asked for on a GPU; `onnx` for an embedder the export does not support, or where
+            the cache cannot be written (`auto` serves torch in the last two cases, with a warning); an int8 version
+            without its ONNX folder.
     """
+    if variant == "int8":
+        if device != "cpu":
+            raise StartupError(
+                f"serving.embedder_variant: int8 runs on the CPU (ONNX Runtime); this server runs on {device}: "
+                "serve the float embedder"
+            )
+        try:
+            return OnnxEmbedder(find_onnx_folder(info.path), threads=torch.get_num_threads())
+        except (OSError, ValueError) as e:
+            raise StartupError(f"cannot open {info.name} version {info.version} from {info.path}: {e}") from e
     if backend == "onnx" and device != "cpu":
         raise StartupError(f"serving.embedder_backend: onnx runs on the CPU; this server runs on {device}: use auto")
     folder = info.path / ONNX_DIR
@@ -246,17 +291,15 @@ def load_models(settings: Settings) -> LoadedModels:
     retrieval, lexical = read_retrieval(retrieval_info)
     # The embedder is the version the retrieval unit was chosen with (the champion, the base model, or the naive
     # recipe's), not a second alias that could point elsewhere.
-    emb_info = fetch(
-        settings.embedder_name,
-        f"{settings.retrieval_name}@{settings.serving.retrieval_alias}",
-        settings,
-        retrieval.embedder_version,
-    )
+    # With `serving.embedder_variant: int8`, the int8 form of that version the unit names, over its own collection.
+    variant = settings.serving.embedder_variant
+    emb_name, emb_version = unit_embedder(retrieval_info, retrieval, variant)
+    emb_info = fetch(emb_name, f"{settings.retrieval_name}@{settings.serving.retrieval_alias}", settings, emb_version)
     chat_info = fetch(settings.chat_name, settings.serving.chat_alias, settings)
     index, collection = open_index(settings, emb_info)  # fail fast, before loading weights
-    check_retrieval(retrieval_info, retrieval, emb_info, index)
+    check_retrieval(retrieval_info, retrieval, emb_info, index, variant)
     device = pick_device(settings.device)
-    embedder = serve_embedder(emb_info, settings.serving.embedder_backend, device)
+    embedder = serve_embedder(emb_info, settings.serving.embedder_backend, device, variant)
     chat_model, tokenizer = load_chat(chat_info.path, device=device)
     reranker_info, reranker = None, None
     if retrieval.reranker_name and retrieval.reranker_version:  # the version the unit was measured with

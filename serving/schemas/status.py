@@ -79,7 +79,8 @@ class StatusResponse(BaseModel):
     index: str
     """The Chroma collection queries run against."""
     embedder_runtime: str
-    """What runs the embedder: `sentence-transformers`, or `onnxruntime-fp32` (`serving.embedder_backend`)."""
+    """What runs the embedder: `sentence-transformers`, `onnxruntime-fp32` (`serving.embedder_backend`), or the int8
+    variant's `onnxruntime-dynamic-int8-per-channel` (`serving.embedder_variant: int8`)."""
     search_mode: Mode
     """What search and RAG use when a request names no `mode` (the served `retrieval` version's)."""
     chunking: str

@@ -74,3 +74,16 @@ def test_corpus_dir_relative_to_project(tmp_path: Path) -> None:
     assert p.data.corpus_path() == ROOT / "docs"
     p = load_params(_write(tmp_path, {"data": {"corpus_dir": str(tmp_path)}}))
     assert p.data.corpus_path() == tmp_path
+
+
+def test_the_served_embedder_variant_must_be_indexed(tmp_path: Path) -> None:
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["index"]["variants"] = ["float"]
+    raw["serving"]["embedder_variant"] = "int8"
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=r"embedder_variant 'int8' has no index: add it to index.variants"):
+        load_params(tmp_path / "p.yaml")
+    raw["index"]["variants"] = ["int8", "int8"]
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=r"index.variants.*name each variant once"):
+        load_params(tmp_path / "p.yaml")

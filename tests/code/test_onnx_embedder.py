@@ -83,3 +83,50 @@ def test_fp32_export_refuses_another_pooling_and_writes_nothing(base_dir: Path, 
     with pytest.raises(ValueError, match="pooling 'cls'"):
         export_fp32(SentenceTransformer(str(_cls_pooled(base_dir, tmp_path)), device="cpu"), tmp_path / "out")
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob("out.partial*"))
+
+
+def test_the_int8_gate_registers_only_under_the_drop_limit() -> None:
+    from core.config import load_params
+    from training.quantize_embedder import gate
+
+    p = load_params()
+    limit = p.gate.embedder_int8_max_drop
+    passed, reason = gate(p, 0.80, 0.81)  # better than float: passes
+    assert passed and "+0.0100" in reason
+    passed, reason = gate(p, 0.80, 0.80 - limit / 2)
+    assert passed
+    passed, reason = gate(p, 0.80, 0.80 - limit)
+    assert not passed and "not registered" in reason and "float embedder" in reason
+
+
+def test_the_registered_folder_is_found_inside_a_pyfunc_version(int8_folder: Path, tmp_path: Path) -> None:
+    """A registry download keeps the pyfunc's artifact under artifacts/<name>/; the loaders find the folder there."""
+    from core.loading import load_onnx_embedder
+    from core.onnx_embedder import find_onnx_folder
+
+    version = tmp_path / "5"
+    shutil.copytree(int8_folder, version / "artifacts" / "embedder_int8")
+    assert find_onnx_folder(version) == version / "artifacts" / "embedder_int8"
+    assert find_onnx_folder(int8_folder) == int8_folder
+    loaded = load_onnx_embedder(version)
+    np.testing.assert_array_equal(loaded.encode(["json dumps"]), OnnxEmbedder(int8_folder).encode(["json dumps"]))
+    with pytest.raises(FileNotFoundError, match="no ONNX embedder"):
+        find_onnx_folder(tmp_path / "empty")
+
+
+def test_the_int8_folder_logs_as_an_mlflow_pyfunc_that_embeds_like_it(int8_folder: Path, tmp_path: Path) -> None:
+    """What stage register logs (core.tracking.log_int8_embedder_model): a pyfunc that loads back in a new process's
+    way (`mlflow.pyfunc.load_model`) and predicts the folder's own vectors."""
+    import mlflow
+
+    from core.tracking import log_int8_embedder_model
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        experiment = mlflow.create_experiment("int8", artifact_location=(tmp_path / "artifacts").as_uri())
+        with mlflow.start_run(experiment_id=experiment):
+            uri = log_int8_embedder_model(int8_folder, ["onnxruntime", "transformers", "numpy"])
+        predicted = np.asarray(mlflow.pyfunc.load_model(uri).predict(TEXTS[:2]))
+    finally:
+        mlflow.set_tracking_uri(None)
+    np.testing.assert_allclose(predicted, OnnxEmbedder(int8_folder).encode(TEXTS[:2]), atol=1e-6)

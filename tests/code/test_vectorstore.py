@@ -63,3 +63,24 @@ def test_prune_keeps_the_newest_builds_and_the_active_one(tmp_path: Path) -> Non
     deleted = prune(client, "chunks", keep=2, active=active)
     assert sorted(deleted) == sorted([collection_name("chunks", v, "c" * 32) for v in ("8", "9")])
     assert {c.name for c in client.list_collections()} == {active, collection_name("chunks", "10", "c" * 32)}
+
+
+def test_each_variant_has_its_own_pointer_and_pruning(tmp_path: Path) -> None:
+    """The int8 embedder's collections and pointer live beside the float ones: switching or pruning one variant never
+    touches the other's (a float query must never meet int8 vectors, nor lose its collection to their builds)."""
+    client = _client(tmp_path)
+    floating = ActiveIndex(collection_name("chunks", "3", "d" * 32), "embedder", "3", "d" * 32, 2)
+    int8 = ActiveIndex(collection_name("chunks", "1", "d" * 32, "int8"), "embedder-int8", "1", "d" * 32, 2)
+    assert int8.collection == "chunks-int8-v1-dddddddddddd" != floating.collection
+    for active in (floating, int8):
+        _collection(client, active.collection, 2)
+    switch_active(client, floating)
+    assert read_active(client, "int8") is None
+    switch_active(client, int8, "int8")
+    assert (read_active(client), read_active(client, "int8")) == (floating, int8)
+    for version in ("4", "5"):  # newer float builds
+        _collection(client, collection_name("chunks", version, "d" * 32), 1)
+    deleted = prune(client, "chunks", keep=1, active=floating.collection)
+    assert int8.collection not in deleted and floating.collection not in deleted and len(deleted) == 2
+    assert prune(client, "chunks", keep=1, active=int8.collection, variant="int8") == []
+    assert {c.name for c in client.list_collections()} >= {floating.collection, int8.collection}

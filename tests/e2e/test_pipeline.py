@@ -356,6 +356,60 @@ def test_strict_gate_refuses_and_leaves_the_champion(pipeline: Path, strict_regi
     assert int8["champion_version"] == first["chat_int8"]["version"]
 
 
+def test_the_int8_embedder_is_gated_registered_and_indexed_apart(pipeline: Path) -> None:
+    """Stage quantize_embedder measured the int8 form of the candidate against it on evaluate's questions; register
+    registered it beside its float version (and champion with it), the retrieval unit names it, and stage index built
+    it its own collection and pointer: a fresh process finds its vectors are the registered int8 model's."""
+    metrics, report = _evaluate_json(pipeline), _register_json(pipeline)
+    q = json.loads((pipeline / "artifacts/metrics/quantize_embedder.json").read_text())
+    assert q["gate"]["passed"] is True and q["float"]["dense"] == metrics["embedder"]["finetuned"]
+    assert q["float"]["hybrid"] == metrics["hybrid"]["finetuned"] and set(q["int8"]) == {"dense", "hybrid"}
+    assert 0.9 < q["cosine_with_float"]["mean"] <= 1.0 and q["chunks_per_s"]["int8"] > 0
+    int8 = report["embedder_int8"]
+    assert int8["source"] == f"embedder/{report['embedder']['version']}" and int8["reason"] == q["gate"]["reason"]
+    assert int8["champion_version"] == int8["version"] == report["retrieval"]["embedder_int8_version"]
+    variants = json.loads((pipeline / "artifacts/index/manifest.json").read_text())["variants"]
+    built = variants["int8"]
+    assert (built["embedder_name"], built["embedder_version"]) == ("embedder-int8", int8["version"])
+    assert variants["float"]["count"] == variants["int8"]["count"]
+    assert variants["int8"]["collection"].startswith("chunks-int8-v")
+    assert variants["float"]["collection"].startswith("chunks-v")
+    script = textwrap.dedent(
+        """
+        import json
+        import mlflow.pyfunc
+        import numpy as np
+        from core.config import params
+        from core.loading import load_onnx_embedder
+        from core.registry import Registry
+        from core.vectorstore import chroma_client, read_active
+
+        version = Registry().describe("embedder-int8", "champion")
+        client = chroma_client(params().index)
+        active = read_active(client, "int8")
+        coll = client.get_collection(active.collection)
+        stored = coll.get(limit=8, include=["embeddings", "documents"])
+        model = load_onnx_embedder("models:/embedder-int8@champion")
+        again = model.encode(stored["documents"], batch_size=64)
+        hits = coll.query(query_embeddings=model.encode(stored["documents"][:1]), n_results=1)["ids"][0]
+        predicted = mlflow.pyfunc.load_model("models:/embedder-int8@champion").predict(stored["documents"][:2])
+        print(json.dumps({
+            "version": version.version, "tags": version.tags, "description": version.description,
+            "active": [active.embedder_name, active.embedder_version], "first": [stored["ids"][0], hits[0]],
+            "cosine": float((np.asarray(stored["embeddings"]) * again).sum(1).min()),
+            "pyfunc": float(np.abs(np.asarray(predicted) - model.encode(stored["documents"][:2])).max()),
+        }))
+        """
+    )
+    seen = json.loads(run([sys.executable, "-c", script], pipeline, timeout=600).stdout.strip().splitlines()[-1])
+    assert seen["version"] == int8["version"] and seen["active"] == ["embedder-int8", int8["version"]]
+    assert seen["tags"]["variant"] == "int8" and seen["tags"]["quantized_from"] == int8["source"], seen["tags"]
+    assert seen["description"].startswith(f"int8 variant of {int8['source']} ("), seen["description"]
+    # dynamic int8 scales activations per batch: the same texts batched otherwise give nearly the same vectors
+    assert seen["cosine"] > 0.98 and seen["first"][0] == seen["first"][1], seen
+    assert seen["pyfunc"] < 1e-5, seen
+
+
 def test_champions_load_in_a_fresh_process(pipeline: Path) -> None:
     script = textwrap.dedent(
         """

@@ -126,3 +126,35 @@ def test_an_unwritable_cache_serves_torch_under_auto_and_fails_onnx_clearly(base
     with pytest.raises(StartupError, match="cannot export embedder v3 to ONNX into"):
         serve_embedder(info, "onnx", "cpu")
     assert not list(info.path.glob(f"{ONNX_DIR}.partial*"))  # no partial export left behind
+
+
+def test_the_int8_embedder_variant_is_served_only_where_it_exists(tmp_path: Path) -> None:
+    """`serving.embedder_variant: int8`: the unit must name an int8 form, the int8 pointer must exist, and a GPU server
+    refuses it; each failure is a start-up error naming the fix."""
+    from core.retrieval_params import RetrievalParams
+    from core.retrieval_unit import RetrievalConfig
+    from serving.registry import unit_embedder
+
+    s = _settings(tmp_path)
+    s = dataclasses.replace(s, serving=s.serving.model_copy(update={"embedder_variant": "int8"}))
+    fields = dict(chunks_md5="abc", chunking={}, mode="dense", metric="mrr@10", scores={}, reasons=[])
+    plain = RetrievalConfig.of(RetrievalParams(), embedder_name="embedder", embedder_version="2", **fields)
+    retrieval = ServedModel("retrieval", "champion", "7", tmp_path, False)
+    with pytest.raises(StartupError, match=r"names no int8 form of embedder version 2.*embedder_variant: float"):
+        unit_embedder(retrieval, plain, "int8")
+    with_int8 = plain.model_copy(update={"embedder_int8_name": "embedder-int8", "embedder_int8_version": "5"})
+    assert unit_embedder(retrieval, with_int8, "int8") == ("embedder-int8", "5")
+    assert unit_embedder(retrieval, with_int8, "float") == ("embedder", "2")
+    int8 = ServedModel("embedder-int8", "champion", "5", tmp_path / "5", False)
+    client = chroma_client(s.index)
+    client.create_collection("chunks-v2-abc", embedding_function=None)
+    switch_active(client, ActiveIndex("chunks-v2-abc", "embedder", "2", "abc", 0))  # only the float index
+    with pytest.raises(StartupError, match=r"no active int8 Chroma index.*list int8 in index.variants"):
+        open_index(s, int8)
+    client.create_collection("chunks-int8-v5-abc", embedding_function=None)
+    switch_active(client, ActiveIndex("chunks-int8-v5-abc", "embedder-int8", "5", "abc", 0), "int8")
+    assert open_index(s, int8)[0].collection == "chunks-int8-v5-abc"
+    with pytest.raises(StartupError, match=r"embedder_variant: int8 runs on the CPU"):
+        serve_embedder(int8, "auto", "cuda:0", "int8")
+    with pytest.raises(StartupError, match=r"cannot open embedder-int8 version 5"):
+        serve_embedder(int8, "auto", "cpu", "int8")  # its folder holds no ONNX embedder

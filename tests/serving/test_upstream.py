@@ -1,8 +1,9 @@
 """Hosted models behind our endpoint (`serving.upstreams`), tested with a second real `bentoml serve` as the
 gateway and the shared server as its upstream (no hosted API can be reached here): both SDKs, both upstream
 dialects, conversion between them, streaming, the upstream's key, 502 for an unreachable upstream and an
-upstream's 4xx passed on. The gateway serves its own `chat` as the int8 variant (`SERVING_CHAT_VARIANT=int8`),
-so one extra server start covers that configuration too.
+upstream's 4xx passed on. The gateway serves its own `chat` and embedder as their int8 variants
+(`SERVING_CHAT_VARIANT=int8`, `SERVING_EMBEDDER_VARIANT=int8`), so one extra server start covers that configuration
+too.
 
     clients -> proxy (this module's server: upstreams `remote-*`) -> server (the shared one: `chat`)
 """
@@ -53,7 +54,7 @@ def proxy(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         **project_env(server.project), **SERVER_ENV, "BENTOML_HOME": str(folder / "bentoml-home"),
         "SERVING_API_KEYS": PROXY_KEY, "SERVING_DEBUG_STEP_DELAY_MS": "0",
         "SERVING_UPSTREAMS": json.dumps(upstreams), "UPSTREAM_KEY": UPSTREAM_KEY, "WRONG_KEY": "not-a-key",
-        "SERVING_CHAT_VARIANT": "int8",
+        "SERVING_CHAT_VARIANT": "int8", "SERVING_EMBEDDER_VARIANT": "int8",
     }  # fmt: skip
     log = folder / "bentoml.log"
     try:
@@ -134,6 +135,37 @@ def test_the_gateway_serves_the_int8_variant_of_the_same_champion(
     assert answer.choices[0].message.content == tok.decode(
         out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True
     )
+
+
+def test_the_gateway_embeds_and_searches_with_the_int8_embedder_over_its_own_index(
+    gpt: openai.OpenAI, proxy: Server, server: Server
+) -> None:
+    """`SERVING_EMBEDDER_VARIANT=int8`: the gateway embeds with the int8 ONNX form the retrieval unit names (the
+    pipeline's own int8 model, registered), and searches the collection built with it, never the float one."""
+    from core.onnx_embedder import METHOD, OnnxEmbedder
+    from core.retrieval_unit import read_unit
+
+    headers = {"Authorization": f"Bearer {PROXY_KEY}"}
+    int8 = httpx.get(f"{proxy.url}/v1/status", headers=headers).json()
+    floating = httpx.get(f"{server.url}/v1/status", headers=server.headers).json()
+    assert int8["embedder_runtime"] == METHOD and floating["embedder_runtime"] == "onnxruntime-fp32"
+    unit, _ = read_unit(server.project / "state/serving-cache/retrieval" / int8["models"]["retrieval"]["version"])
+    assert unit.embedder("int8") == ("embedder-int8", int8["models"]["embedder"]["version"])
+    assert int8["models"]["embedder"]["name"] == "embedder-int8"
+    manifest = json.loads((server.project / "artifacts/index/manifest.json").read_text())["variants"]
+    assert int8["index"] == manifest["int8"]["collection"] != floating["index"] == manifest["float"]["collection"]
+
+    text = "How do I read a file line by line in Python?"
+    served = gpt.embeddings.create(model="embedder", input=[text]).data[0].embedding
+    made = OnnxEmbedder(server.project / "artifacts/models/embedder_int8").encode([text])[0]
+    assert max(abs(a - b) for a, b in zip(served, made, strict=True)) < 1e-5
+    # a chunk's own text finds that chunk first: int8 queries against int8 vectors
+    chunk = httpx.post(f"{server.url}/v1/search", headers=server.headers, json={"query": text, "top_k": 1})
+    first = chunk.json()["results"][0]
+    found = httpx.post(f"{proxy.url}/v1/search", headers=headers,
+                       json={"query": first["text"], "top_k": 1, "mode": "dense"})  # fmt: skip
+    assert found.status_code == 200, found.text
+    assert found.json()["results"][0]["id"] == first["id"]
 
 
 def test_n_and_logprobs_pass_through(gpt: openai.OpenAI) -> None:
