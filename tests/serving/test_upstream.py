@@ -18,6 +18,7 @@ from typing import Any
 
 import anthropic
 import httpx
+import numpy as np
 import openai
 import pytest
 import torch
@@ -142,8 +143,10 @@ def test_the_gateway_embeds_and_searches_with_the_int8_embedder_over_its_own_ind
 ) -> None:
     """`SERVING_EMBEDDER_VARIANT=int8`: the gateway embeds with the int8 ONNX form the retrieval unit names (the
     pipeline's own int8 model, registered), and searches the collection built with it, never the float one."""
+    from core.config import IndexParams
     from core.onnx_embedder import METHOD, OnnxEmbedder
     from core.retrieval_unit import read_unit
+    from core.vectorstore import chroma_client
 
     headers = {"Authorization": f"Bearer {PROXY_KEY}"}
     int8 = httpx.get(f"{proxy.url}/v1/status", headers=headers).json()
@@ -159,13 +162,16 @@ def test_the_gateway_embeds_and_searches_with_the_int8_embedder_over_its_own_ind
     served = gpt.embeddings.create(model="embedder", input=[text]).data[0].embedding
     made = OnnxEmbedder(server.project / "artifacts/models/embedder_int8").encode([text])[0]
     assert max(abs(a - b) for a, b in zip(served, made, strict=True)) < 1e-5
-    # a chunk's own text finds that chunk first: int8 queries against int8 vectors
-    chunk = httpx.post(f"{server.url}/v1/search", headers=server.headers, json={"query": text, "top_k": 1})
-    first = chunk.json()["results"][0]
-    found = httpx.post(f"{proxy.url}/v1/search", headers=headers,
-                       json={"query": first["text"], "top_k": 1, "mode": "dense"})  # fmt: skip
+    # dense search scores are the int8 query vector against the int8 collection's vectors (cosine), nothing else
+    body = {"query": text, "top_k": 3, "mode": "dense", "rerank": False}
+    found = httpx.post(f"{proxy.url}/v1/search", headers=headers, json=body)
     assert found.status_code == 200, found.text
-    assert found.json()["results"][0]["id"] == first["id"]
+    hits = found.json()["results"]
+    client = chroma_client(IndexParams(chroma_path=str(server.project / "state/chroma")))
+    stored = client.get_collection(int8["index"]).get(ids=[h["id"] for h in hits], include=["embeddings"])
+    vectors = dict(zip(stored["ids"], np.asarray(stored["embeddings"]), strict=True))
+    cosines = [float(vectors[h["id"]] @ np.asarray(served)) for h in hits]
+    assert [h["score"] for h in hits] == pytest.approx(cosines, abs=1e-4)
 
 
 def test_n_and_logprobs_pass_through(gpt: openai.OpenAI) -> None:
