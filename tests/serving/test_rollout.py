@@ -175,7 +175,9 @@ with tempfile.TemporaryDirectory() as tmp:
     _, config, _ = champion_unit("retrieval", "champion", Path(tmp) / "old", reg)
     old = find_unit(Path(tmp) / "old")
     unit = Path(tmp) / "new"
-    write_unit(unit, config.model_copy(update={"embedder_version": new_embedder}), old / LEXICAL_DIR, unit_chunks(old))
+    # another float embedder version: the old one's int8 form is not its own
+    config = config.model_copy(update={"embedder_version": new_embedder, "embedder_int8_version": None})
+    write_unit(unit, config, old / LEXICAL_DIR, unit_chunks(old))
     new_unit = reg.register(log_retrieval_model(unit, "test_rollout", {}, {}, ["mlflow"]), "retrieval")
 reg.promote("retrieval", "champion", new_unit)
 print(new_embedder, new_unit)
@@ -190,7 +192,8 @@ from core.config import load_params
 from data.index import build_index
 
 p = load_params(Path(sys.argv[1]))
-print(build_index(p.model_copy(update={"index": p.index.model_copy(update={"chroma_path": sys.argv[2]})})).collection)
+built = build_index(p.model_copy(update={"index": p.index.model_copy(update={"chroma_path": sys.argv[2]})}))
+print(built["float"].collection)
 """
 
 
