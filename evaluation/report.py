@@ -146,9 +146,9 @@ def retrieval(r: Report) -> None:
             ["fine-tuned embedder", f"dense {m}", f"hybrid {m}", "chunks/s", "cosine with float"],
             [
                 ("float (sentence-transformers)", q["float"]["dense"].get(m), q["float"]["hybrid"].get(m),
-                 speed.get("float"), 1.0),
+                 f"{speed.get('float')}", "1"),
                 (f"int8 ({q.get('method')})", q["int8"]["dense"].get(m), q["int8"]["hybrid"].get(m),
-                 speed.get("int8"), q.get("cosine_with_float", {}).get("mean")),
+                 f"{speed.get('int8')}", f"{q.get('cosine_with_float', {}).get('mean')}"),
             ],
             f"Its int8 form (stage `quantize_embedder`): chunks/s at batch {speed.get('batch_size')} on "
             f"{speed.get('threads')} threads where the pipeline ran",
