@@ -268,7 +268,7 @@ class IndexParams(Section):
     variants: tuple[Variant, ...] = Field(default=("float",), min_length=1)
     """Which forms of the retrieval unit's embedder get a collection: `float` (the registered embedder) and `int8`
     (its int8 ONNX form, when the unit names one); the server searches the one `serving.embedder_variant` names.
-    Each adds one embedding of every chunk to the index stage (int8: ~half float's time)."""
+    Each adds one embedding of every chunk to the index stage (default corpus, 4510 chunks: float 3:44, int8 2:39)."""
     keep_collections: int = Field(default=2, ge=1)
     """Collections kept after a switch, the new active one included (for rollback); older ones are deleted. Keep 2
     or more while servers roll out live (serving/rollout.py): they search the previous collection until they

@@ -54,7 +54,8 @@ class ServingParams(Section):
     embedder_variant: Variant = "float"
     """`int8` serves the int8 ONNX form of the embedder the retrieval unit names (`models.embedder_int8_name`, stage
     `quantize_embedder`, gated on held-out retrieval) and searches the collection built with it, which `index.variants`
-    must list: int8 vectors are never compared with float ones. ~2x float's batch throughput on this CPU; CPU only.
+    must list: int8 vectors are never compared with float ones. 1.44x fp32 ONNX Runtime's in-process throughput here
+    (853 against 594 short texts/s, `python -m benchmarks.peers --only limits`), the same at 64 HTTP clients; CPU only.
     `float`: the registered embedder itself (on `embedder_backend`)."""
     embedder_alias: str = "champion"
     """Registry alias of `models.embedder_name` that the benchmarks load. The server embeds with the version its
