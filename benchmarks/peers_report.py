@@ -144,10 +144,14 @@ def rag_rows(rag: dict[str, Any]) -> list[str]:
             lines.append(f"| {name.replace('_', ' ')} | {ms['p50']} ms | {ms['p99']} ms |")
     in_process = rag.get("rerank_in_process")
     if isinstance(in_process, dict):
-        lines.append(
-            f"| rerank {in_process['candidates']} candidates (in process: no reranker is served) "
-            f"| {in_process['p50']} ms | {in_process['p99']} ms |"
-        )
+        for form in ("float", "float, one batch of 32", "int8"):
+            ms = in_process.get(form, in_process if form == "float" else None)
+            if isinstance(ms, dict):
+                batch = "" if "batch of" in form else f", batch {in_process.get('batch_size', 32)}"
+                lines.append(
+                    f"| rerank {in_process['candidates']} candidates, {form}{batch} (in process: no reranker is "
+                    f"served) | {ms['p50']} ms | {ms['p99']} ms |"
+                )
     lines += [f"| target: {k} | {v} | |" for k, v in rag.get("targets", {}).items()]
     return lines
 

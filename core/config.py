@@ -147,6 +147,9 @@ class ModelsParams(Section):
     the float one's, and the retrieval unit names the one it can serve with (`embedder_int8_version`)."""
     retrieval_name: str = "retrieval"
     reranker_name: str = "reranker"
+    reranker_int8_name: str = "reranker-int8"
+    """The int8 ONNX form of each gated reranker version (stage `quantize_reranker`); its alias follows the float
+    one's, and the retrieval unit names the one it can serve with (`reranker_int8_version`)."""
     """The registered retrieval configuration (core/retrieval_unit.py): embedder version, mode, lexical index."""
     champion_alias: str = "champion"
 
@@ -255,6 +258,9 @@ class GateParams(Section):
     embedder_int8_max_drop: float = Field(default=0.01, ge=0)
     """The int8 embedder is registered only if its held-out dense `embedder_metric` is below the float model's by
     less than this (stage `quantize_embedder`)."""
+    reranker_int8_max_drop: float = Field(default=0.01, ge=0)
+    """The int8 reranker is registered only if its reranked held-out `embedder_metric` is below the float reranker's
+    by less than this (stage `quantize_reranker`)."""
 
 
 class IndexParams(Section):

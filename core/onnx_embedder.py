@@ -52,17 +52,35 @@ def is_onnx_folder(folder: Path) -> bool:
     return (folder / CARD).is_file() and (folder / MODEL_FILE).is_file()
 
 
-def find_onnx_folder(model_dir: Path) -> Path:
-    """The ONNX embedder folder in a downloaded registry version (MLflow keeps a pyfunc's artifact under
-    `artifacts/<name>/`), or `model_dir` itself when it is one.
+def find_onnx_folder(model_dir: Path, card: str = CARD) -> Path:
+    """The ONNX model folder (one with `card` and `model.onnx`: an embedder's, or core/onnx_reranker.py's) in a
+    downloaded registry version (MLflow keeps a pyfunc's artifact under `artifacts/<name>/`), or `model_dir` itself
+    when it is one.
 
     Raises:
         FileNotFoundError: neither holds one.
     """
     for candidate in (model_dir, *sorted((model_dir / "artifacts").glob("*"))):
-        if is_onnx_folder(candidate):
+        if (candidate / card).is_file() and (candidate / MODEL_FILE).is_file():
             return candidate
-    raise FileNotFoundError(f"no ONNX embedder ({CARD} and {MODEL_FILE}) in {model_dir} or its artifacts/")
+    raise FileNotFoundError(f"no ONNX model ({card} and {MODEL_FILE}) in {model_dir} or its artifacts/")
+
+
+def quantize_file(fp32: Path, dest: Path) -> Path:
+    """`fp32`'s graph with int8 weights per output channel and dynamic int8 activations, written to `dest`."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(fp32), str(dest), weight_type=QuantType.QInt8, per_channel=True)
+    return dest
+
+
+def cpu_session(path: Path, threads: int | None = None) -> Any:
+    """An ONNX Runtime session on the CPU, over `threads` (default: torch's) intra-op threads."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def _check_stack(source: Path) -> int:
@@ -154,14 +172,12 @@ def quantize(source: Path, dest: Path) -> Path:
     Raises:
         ValueError: `source`'s modules are not Transformer → mean Pooling → Normalize.
     """
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     _check_stack(source)
     model = SentenceTransformer(str(source), device="cpu")
     dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = export(model, Path(tmp) / "fp32.onnx")
-        quantize_dynamic(str(fp32), str(dest / MODEL_FILE), weight_type=QuantType.QInt8, per_channel=True)
+        quantize_file(fp32, dest / MODEL_FILE)
     model.tokenizer.save_pretrained(str(dest))
     _write_card(dest, model, METHOD, quantized_from=str(source))
     return dest
@@ -191,16 +207,13 @@ class OnnxEmbedder:
     device = "cpu"
 
     def __init__(self, folder: Path, threads: int | None = None) -> None:
-        import onnxruntime as ort
         from transformers import AutoTokenizer
 
         card = json.loads((folder / CARD).read_text())
         if card.get("method") not in (METHOD, FP32_METHOD):
             raise ValueError(f"{folder}/{CARD}: method {card.get('method')!r} is not {METHOD!r} or {FP32_METHOD!r}")
         self.method: str = card["method"]
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        self.session = ort.InferenceSession(str(folder / MODEL_FILE), options, providers=["CPUExecutionProvider"])
+        self.session = cpu_session(folder / MODEL_FILE, threads)
         self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
         self.max_seq_length: int = card["max_seq_length"]
         self.dimension: int = card["dimension"]

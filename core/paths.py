@@ -50,6 +50,8 @@ CHAT_INT8_MODEL = ARTIFACTS / "models" / "chat_int8"
 QUANTIZE_CHAT_METRICS = ARTIFACTS / "metrics" / "quantize_chat.json"
 EMBEDDER_INT8_MODEL = ARTIFACTS / "models" / "embedder_int8"
 QUANTIZE_EMBEDDER_METRICS = ARTIFACTS / "metrics" / "quantize_embedder.json"
+RERANKER_INT8_MODEL = ARTIFACTS / "models" / "reranker_int8"
+QUANTIZE_RERANKER_METRICS = ARTIFACTS / "metrics" / "quantize_reranker.json"
 
 EVAL_METRICS = ARTIFACTS / "metrics" / "evaluate.json"
 RECALL_PLOT = ARTIFACTS / "plots" / "recall_at_k.csv"

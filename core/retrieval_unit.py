@@ -65,6 +65,10 @@ class RetrievalConfig(BaseModel):
     reranker_version: str | None = None
     """The cross-encoder that rescores the first `rerank_candidates` results, or None when reranking did not pass
     the gate."""
+    reranker_int8_name: str | None = None
+    reranker_int8_version: str | None = None
+    """The registered int8 form of `reranker_version` (stage `quantize_reranker`) that `serving.reranker_variant: int8`
+    reranks with; None when the unit does not rerank or no int8 form passed its gate."""
     rerank_candidates: int = 20
     abstain_threshold: float | None = None
     """RAG answers only when the best hit scores at least this (measured on held-out questions); None: always."""
@@ -94,6 +98,14 @@ class RetrievalConfig(BaseModel):
             return self.embedder_name, self.embedder_version
         if self.embedder_int8_name and self.embedder_int8_version:
             return self.embedder_int8_name, self.embedder_int8_version
+        return None
+
+    def reranker(self, variant: Variant = "float") -> tuple[str, str] | None:
+        """The registered (name, version) that reranks for `variant`; None when the unit has no such form."""
+        if variant == "float":
+            return (self.reranker_name, self.reranker_version) if self.reranker_name and self.reranker_version else None
+        if self.reranker_int8_name and self.reranker_int8_version:
+            return self.reranker_int8_name, self.reranker_int8_version
         return None
 
     def weights(self) -> tuple[float, float]:

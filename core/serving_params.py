@@ -111,6 +111,14 @@ class ServingParams(Section):
     """Hits from one document at most this many chunk positions apart are merged into one source (0: never)."""
     rerank_max_documents: int = Field(default=256, ge=1)
     """Documents one /v1/rerank request may carry (each is one cross-encoder forward)."""
+    reranker_variant: Variant = "float"
+    """`int8` reranks with the int8 ONNX form of the reranker the retrieval unit names (`models.reranker_int8_name`,
+    stage `quantize_reranker`, gated on reranked held-out retrieval); CPU only. About 1.4-1.6x the float reranker here
+    (core/onnx_reranker.py). Nothing changes when the unit does not rerank."""
+    rerank_batch_size: int = Field(default=2, ge=1)
+    """Pairs per reranker forward. Pairs are sorted by length first, so small batches carry little padding: ten
+    hybrid candidates took 519 ms p50 at 2 against 567 ms in one batch of 32 (core/onnx_reranker.py). Raise it
+    on a GPU, where wide batches are what is fast."""
     rag_top_k: int = Field(default=4, ge=1)
     """Passages given to the chat model when a RAG request names no top_k."""
     max_top_k: int = Field(default=50, ge=1)

@@ -312,6 +312,14 @@ def log_int8_embedder_model(model_dir: Path, pip_requirements: list[str]) -> str
     return _log_folder_pyfunc("embedder_int8", OnnxEmbedderModel(), model_dir, example, pip_requirements)
 
 
+def log_int8_reranker_model(model_dir: Path, pip_requirements: list[str]) -> str:
+    """Log an int8 ONNX reranker folder (core/onnx_reranker.py `quantize`) into the active run as a pyfunc."""
+    from core.onnx_reranker import OnnxRerankerModel
+
+    example = [{"query": "How do I read a file?", "passage": "open() returns a file object."}]
+    return _log_folder_pyfunc("reranker_int8", OnnxRerankerModel(), model_dir, example, pip_requirements)
+
+
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     out: dict[str, str] = {}
     for k, v in d.items():

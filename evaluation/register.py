@@ -14,7 +14,6 @@ import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -37,15 +36,10 @@ from core.tracking import (
 from evaluation.chat_quality import heldout_loss
 from evaluation.gate import Decision, decide
 from evaluation.register_retrieval import RetrievalRegisterError, register_retrieval, versus_naive
-from evaluation.register_variants import register_chat_int8, register_embedder_int8
+from evaluation.register_variants import pins, register_chat_int8, register_embedder_int8
 from evaluation.retrieval import QuestionSet
 
 log = get_logger(__name__)
-
-
-def _pins(*packages: str) -> list[str]:
-    # Explicit requirements: MLflow's inference adds torchvision for torch models, which fails here.
-    return [f"{p}=={version(p)}" for p in packages]
 
 
 @dataclass
@@ -65,7 +59,7 @@ def register_embedder(
             model,
             "embedder_base" if base else "embedder",
             example=["json: dumps", "How do I read a file line by line?"],
-            pip_requirements=_pins("sentence-transformers", "transformers", "torch"),
+            pip_requirements=pins("sentence-transformers", "transformers", "torch"),
         )
         log_datasets(
             {
@@ -88,7 +82,7 @@ def register_chat(p: Params, registry: Registry, run_id: str, tags: dict[str, st
             tok,
             "chat_base" if base else "chat",
             example={"messages": [{"role": "user", "content": "What does json.dumps do?"}]},
-            pip_requirements=_pins("transformers", "torch", "accelerate"),
+            pip_requirements=pins("transformers", "torch", "accelerate"),
         )
         log_datasets({"chat_train": (paths.CHAT_TRAIN, "training"), "chat_eval": (paths.CHAT_EVAL, "evaluation")})
     return Registered(p.models.chat_name, registry.register(uri, p.models.chat_name, tags), uri)
@@ -256,6 +250,10 @@ def main() -> None:
             print(f"retrieval: version {r['version']} PROMOTED ({served})")
             for reason in [*r["reasons"], r["versus_naive"]["summary"]]:
                 print(f"  - {reason}")
+            q = r["reranker"]["int8"]
+            verdict = f"version {q['version']} registered" if q["version"] else "not registered"
+            print(f"reranker_int8 (of {q['source']}): {verdict}; {p.models.champion_alias} is v{q['champion_version']}")
+            print(f"  - {q['reason']}")
             continue
         verdict = "PROMOTED" if r["promote"] else "not promoted"
         if r["base_version"] is not None:

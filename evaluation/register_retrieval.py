@@ -22,7 +22,6 @@ import json
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,6 +39,7 @@ from core.retrieval_params import Mode
 from core.retrieval_unit import RetrievalConfig, write_unit
 from core.tracking import file_md5, log_reranker_model, log_retrieval_model, resume_run
 from data.chunk import chunk_documents, load_tokenizer
+from evaluation.register_variants import pins, register_reranker_int8
 from evaluation.retrieval import QuestionSet
 
 log = get_logger(__name__)
@@ -191,11 +191,10 @@ def register_retrieval(
     metric = p.gate.embedder_metric
     scores = mode_scores(p, metrics, embedder)
     mode, reasons = choose_mode(scores, metric, p.retrieval.modes)
-    # evaluate's fine-tuned rows (and its reranking of their hybrid list) are the candidate embedder's
-    tuned = {"dense": metrics["embedder"]["finetuned"], "lexical": metrics["lexical"]}
-    tuned["hybrid"] = metrics["hybrid"]["finetuned"]
+    tuned = fine_tuned_scores(metrics)
     tuned_mode, _ = choose_mode(tuned, metric, p.retrieval.modes)
     reranker = register_reranker(p, registry, metrics, tuned[tuned_mode], tuned_mode, tags)
+    reranker["int8"] = register_reranker_int8(p, registry, reranker, tags)
     reasons.append(reranker["reason"])
 
     def fine_tuned(kind: Literal["champion", "candidate"]) -> Candidate:
@@ -247,6 +246,8 @@ def register_retrieval(
             reasons=[*reasons, naive["summary"]],
             reranker_name=p.models.reranker_name if chosen.reranked else None,
             reranker_version=reranker["version"] if chosen.reranked else None,
+            reranker_int8_name=p.models.reranker_int8_name if chosen.reranked and reranker["int8"]["version"] else None,
+            reranker_int8_version=reranker["int8"]["version"] if chosen.reranked else None,
             abstain_score=abstain_score,
             abstain_threshold=abstain_threshold,
         )
@@ -257,7 +258,7 @@ def register_retrieval(
             "register_retrieval",
             config.model_dump(include=_LOGGED_PARAMS),
             tags,
-            [f"{pkg}=={version(pkg)}" for pkg in ("bm25s", "PyStemmer", "mlflow")],
+            pins("bm25s", "PyStemmer", "mlflow"),
         )
     name, alias = p.models.retrieval_name, p.models.champion_alias
     new = registry.register(
@@ -266,7 +267,8 @@ def register_retrieval(
         tags
         | {"mode": chosen.mode, "embedder_version": served.embedder_version, "served": chosen.embedder,
            "embedder_int8_version": str(int8_version),
-           "reranker_version": str(config.reranker_version)},
+           "reranker_version": str(config.reranker_version),
+           "reranker_int8_version": str(config.reranker_int8_version)},
     )  # fmt: skip
     registry.tag(name, new, {"gate.decision": "promoted", "gate.reasons": " | ".join(config.reasons)})
     registry.promote(name, alias, new)
@@ -328,6 +330,21 @@ def abstention(
     )
 
 
+def fine_tuned_scores(metrics: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Each mode's held-out scores with the candidate embedder: evaluate's fine-tuned rows (its reranking of their
+    hybrid list is the reranker's)."""
+    return {"dense": metrics["embedder"]["finetuned"], "lexical": metrics["lexical"],
+            "hybrid": metrics["hybrid"]["finetuned"]}  # fmt: skip
+
+
+def reranker_passes(p: Params, metrics: dict[str, Any]) -> tuple[bool, str]:
+    """The reranker's own gate on evaluate's figures (`reranker_decision` against the candidate's best mode)."""
+    metric = p.gate.embedder_metric
+    tuned = fine_tuned_scores(metrics)
+    mode, _ = choose_mode(tuned, metric, p.retrieval.modes)
+    return reranker_decision(metric, metrics["reranked"][metric], tuned[mode][metric], mode, p.gate.reranker_min_gain)
+
+
 def reranker_decision(metric: str, reranked: float, best: float, best_mode: str, min_gain: float) -> tuple[bool, str]:
     """Whether reranking passes the gate: it must beat the best mode without it by more than `min_gain`."""
     gain = reranked - best
@@ -357,7 +374,7 @@ def register_reranker(
     with resume_run(run_id):
         uri = log_reranker_model(
             paths.RERANKER_MODEL,
-            [f"{pkg}=={version(pkg)}" for pkg in ("sentence-transformers", "transformers", "torch")],
+            pins("sentence-transformers", "transformers", "torch"),
         )
     name = p.models.reranker_name
     heldout = {f"heldout.{k.replace('@', '_at_')}": str(v) for k, v in metrics["reranked"].items()}

@@ -1,5 +1,6 @@
 """Stage `register`'s int8 variants: each is registered under its own name (`models.chat_int8_name`,
-`models.embedder_int8_name`) only when its own gate passed (stages `quantize_chat`, `quantize_embedder`), with a
+`models.embedder_int8_name`, `models.reranker_int8_name`) only when its own gate passed (stages `quantize_chat`,
+`quantize_embedder`, `quantize_reranker`), with a
 description saying what it is and how it measured, and tags naming the float version it was made from
 (`quantized_from`). It takes the champion alias exactly when that float version did, so `<name>-int8@champion` is
 always the int8 form of `<name>@champion` or of nothing newer.
@@ -17,7 +18,7 @@ from core import paths
 from core.config import Params
 from core.log import get_logger
 from core.registry import Registry
-from core.tracking import log_int8_chat_model, log_int8_embedder_model, resume_run
+from core.tracking import log_int8_chat_model, log_int8_embedder_model, log_int8_reranker_model, resume_run
 
 log = get_logger(__name__)
 
@@ -121,4 +122,36 @@ def register_embedder_int8(
         p, registry, p.models.embedder_int8_name, embedder, source, q, paths.TRAIN_EMBEDDER_METRICS,
         lambda: log_int8_embedder_model(paths.EMBEDDER_INT8_MODEL, pins("onnxruntime", "transformers", "numpy")),
         (heldout, embedder_int8_card(q, source)), tags,
+    )  # fmt: skip
+
+
+def reranker_int8_card(q: dict[str, Any], source: str) -> str:
+    """The int8 reranker version's description (stage `quantize_reranker`)."""
+    m, f, i, ms = q["metric"], q["float"]["reranked"], q["int8"]["reranked"], q["ms_per_question"]
+    return (
+        f"int8 variant of {source} ({q['method']}: its classifier exported to ONNX, int8 weights per output channel, "
+        f"activations quantised per batch; relevance is the sigmoid of its logit, as the float model's). Runs on ONNX "
+        f"Runtime, CPU only. Scores within {q['score_difference']['max']} of the float model's on "
+        f"{q['score_difference']['pairs']} held-out pairs (mean {q['score_difference']['mean']}); held-out reranked "
+        f"{m} {i[m]} (float {f[m]}); {ms['int8']['p50']} ms p50 per question of {ms['candidates']} candidates "
+        f"(float {ms['float']['p50']}) at batch {ms['batch_size']} on {ms['threads']} threads where the pipeline ran. "
+        f"Gate: {q['gate']['reason']}."
+    )
+
+
+def register_reranker_int8(
+    p: Params, registry: Registry, reranker: dict[str, Any], tags: dict[str, str]
+) -> dict[str, Any]:
+    """The int8 form of the reranker version just gated (stage `quantize_reranker`), registered by `register_int8`."""
+    q = json.loads(paths.QUANTIZE_RERANKER_METRICS.read_text())
+    source, m = f"{p.models.reranker_name}/{reranker['version']}", q["metric"].replace("@", "_at_")
+    card: tuple[dict[str, str], str] = ({}, "")  # not measured (`skipped`): the gate refused, nothing is registered
+    if "int8" in q:
+        heldout = {f"heldout.reranked.{m}": str(q["int8"]["reranked"][q["metric"]]),
+                   "heldout.score_difference_max": str(q["score_difference"]["max"])}  # fmt: skip
+        card = (heldout, reranker_int8_card(q, source))
+    return register_int8(
+        p, registry, p.models.reranker_int8_name, reranker, source, q, paths.TRAIN_RERANKER_METRICS,
+        lambda: log_int8_reranker_model(paths.RERANKER_INT8_MODEL, pins("onnxruntime", "transformers", "numpy")),
+        card, tags,
     )  # fmt: skip

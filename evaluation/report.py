@@ -153,6 +153,21 @@ def retrieval(r: Report) -> None:
             f"Its int8 form (stage `quantize_embedder`): chunks/s at batch {speed.get('batch_size')} on "
             f"{speed.get('threads')} threads where the pipeline ran",
         )  # fmt: skip
+    q = _json(paths.QUANTIZE_RERANKER_METRICS)
+    if q.get("skipped"):
+        r.paragraph(f"The reranker's int8 form (stage `quantize_reranker`) was not measured: {q['skipped']}.")
+    elif q:
+        m, ms = q.get("metric", ""), q.get("ms_per_question", {})
+        r.table(
+            ["reranker", f"hybrid + reranker {m}", "ms p50 per question", "score difference (max)"],
+            [
+                ("float (sentence-transformers)", q["float"]["reranked"].get(m), ms.get("float", {}).get("p50"), "0"),
+                (f"int8 ({q.get('method')})", q["int8"]["reranked"].get(m), ms.get("int8", {}).get("p50"),
+                 f"{q.get('score_difference', {}).get('max')}"),
+            ],
+            f"Its int8 form (stage `quantize_reranker`): one question's {ms.get('candidates')} candidates at a time, "
+            f"batch {ms.get('batch_size')}, on {ms.get('threads')} threads where the pipeline ran",
+        )  # fmt: skip
     chunking = _json(paths.CHUNKING).get("candidates", {})
     if chunking:
         r.table(
@@ -206,8 +221,9 @@ def gates(r: Report) -> None:
         outcome = "promoted to champion" if d.get("promote") or d.get("promote_base") else "not promoted"
         r.paragraph(f"<b>{name}</b> v{d.get('version')}: {verdict(bool(d.get('promote')), outcome)}", raw=True)
         r.bullets(d.get("reasons", []))
-    for name in ("chat_int8", "embedder_int8"):
-        q = reg.get(name, {})
+    int8 = {"chat_int8": reg.get("chat_int8"), "embedder_int8": reg.get("embedder_int8"),
+            "reranker_int8": reg.get("retrieval", {}).get("reranker", {}).get("int8")}  # fmt: skip
+    for name, q in int8.items():
         if q:
             registered = q.get("version") is not None
             outcome = "registered" if registered else "refused"
@@ -220,6 +236,7 @@ def gates(r: Report) -> None:
             f"<b>retrieval</b> v{ret.get('version')}: {verdict(True, 'served')} "
             f"({ret.get('mode')}, chunks {ret.get('chunking')}, embedder v{ret.get('embedder_version')}"
             + (f", int8 form v{ret['embedder_int8_version']}" if ret.get("embedder_int8_version") else "")
+            + (f", reranker v{ret['reranker']['version']}" if ret.get("reranker", {}).get("promote") else "")
             + ")",
             raw=True,
         )
@@ -242,7 +259,8 @@ def registry(r: Report) -> None:
     for name, d in (("embedder", reg.get("embedder", {})), ("chat", reg.get("chat", {})),
                     ("chat-int8", reg.get("chat_int8", {})), ("embedder-int8", reg.get("embedder_int8", {})),
                     ("retrieval", reg.get("retrieval", {})),
-                    ("reranker", reg.get("retrieval", {}).get("reranker", {}))):  # fmt: skip
+                    ("reranker", reg.get("retrieval", {}).get("reranker", {})),
+                    ("reranker-int8", reg.get("retrieval", {}).get("reranker", {}).get("int8", {}))):  # fmt: skip
         if d:
             rows.append((name, d.get("version"), d.get("champion_version")))
     r.table(["registered model", "version made", "champion now"], rows, "`mlflow ui` from the repo root shows them")

@@ -56,7 +56,11 @@ class Platform:
             retry_after_s=s.retry_after_s,
             observer=observer,
         )
-        reranker = RerankerEngine(models.reranker, max_documents=s.rerank_max_documents) if models.reranker else None  # type: ignore[arg-type]
+        reranker = (
+            RerankerEngine(models.reranker, max_documents=s.rerank_max_documents, batch_size=s.rerank_batch_size)
+            if models.reranker
+            else None
+        )
         retriever = Retriever(
             embedder, models.collection, models.lexical, models.retrieval, reranker=reranker, max_top_k=s.max_top_k
         )

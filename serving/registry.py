@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from chromadb.api.models.Collection import Collection
 from sentence_transformers import SentenceTransformer
+from sentence_transformers.cross_encoder import CrossEncoder
 
 from core.device import pick_device, return_freed_memory
 from core.errors import RegistryError, StartupError
@@ -29,6 +30,8 @@ from core.lexical import LexicalIndex
 from core.loading import load_chat, load_embedder, load_reranker
 from core.log import get_logger
 from core.onnx_embedder import OnnxEmbedder, export_fp32, find_onnx_folder, is_onnx_folder, supported
+from core.onnx_reranker import OnnxReranker
+from core.onnx_reranker import find_folder as find_reranker_folder
 from core.registry import Registry
 from core.retrieval_unit import RetrievalConfig, read_unit
 from core.serving_params import Variant
@@ -135,7 +138,7 @@ class LoadedModels:
     retrieval: RetrievalConfig
     lexical: LexicalIndex
     reranker_info: ServedModel | None = None
-    reranker: object | None = None  # CrossEncoder, when the retrieval unit names one
+    reranker: CrossEncoder | OnnxReranker | None = None  # when the retrieval unit names one
 
 
 def open_index(settings: Settings, embedder: ServedModel) -> tuple[ActiveIndex, Collection]:
@@ -281,6 +284,53 @@ def serve_embedder(
     return OnnxEmbedder(folder, threads=torch.get_num_threads())
 
 
+def unit_reranker(
+    retrieval_info: ServedModel, config: RetrievalConfig, variant: Variant, device: str
+) -> tuple[str, str] | None:
+    """The registered (name, version) that reranks in `variant` (`serving.reranker_variant`); None when the unit does
+    not rerank (the variant then changes nothing).
+
+    Raises:
+        StartupError: int8 asked for on a GPU, or for a unit that names no int8 form.
+    """
+    if config.reranker() is None:
+        return None
+    named = config.reranker(variant)
+    if named is None:
+        raise StartupError(
+            f"{retrieval_info.name} version {retrieval_info.version} names no {variant} form of {config.reranker_name} "
+            f"version {config.reranker_version} (its gate refused it, or the unit was registered before int8 "
+            "rerankers: artifacts/reports/register.json says which): serve serving.reranker_variant: float"
+        )
+    if variant == "int8" and device != "cpu":
+        raise StartupError(
+            f"serving.reranker_variant: int8 runs on the CPU (ONNX Runtime); this server runs on {device}: "
+            "serve the float reranker"
+        )
+    return named
+
+
+def serve_reranker(
+    named: tuple[str, str] | None, settings: Settings, device: str
+) -> tuple[ServedModel | None, CrossEncoder | OnnxReranker | None]:
+    """The reranker version `unit_reranker` named, cached and loaded: the float cross-encoder, or its int8 form on ONNX
+    Runtime as registered; (None, None) for none.
+
+    Raises:
+        StartupError: a version that cannot be cached or opened.
+    """
+    if named is None:
+        return None, None
+    name, version = named
+    info = fetch(name, f"v{version}", settings, version)
+    if settings.serving.reranker_variant == "float":
+        return info, load_reranker(info.path, device=device)
+    try:
+        return info, OnnxReranker(find_reranker_folder(info.path), threads=torch.get_num_threads())
+    except (OSError, ValueError) as e:
+        raise StartupError(f"cannot open {name} version {version} from {info.path}: {e}") from e
+
+
 def load_models(settings: Settings) -> LoadedModels:
     """Resolve, cache, verify and load both models and the index (start-up only), on `settings.device`.
 
@@ -299,14 +349,10 @@ def load_models(settings: Settings) -> LoadedModels:
     index, collection = open_index(settings, emb_info)  # fail fast, before loading weights
     check_retrieval(retrieval_info, retrieval, emb_info, index, variant)
     device = pick_device(settings.device)
+    reranker_named = unit_reranker(retrieval_info, retrieval, settings.serving.reranker_variant, device)
     embedder = serve_embedder(emb_info, settings.serving.embedder_backend, device, variant)
     chat_model, tokenizer = load_chat(chat_info.path, device=device)
-    reranker_info, reranker = None, None
-    if retrieval.reranker_name and retrieval.reranker_version:  # the version the unit was measured with
-        reranker_info = fetch(
-            retrieval.reranker_name, f"v{retrieval.reranker_version}", settings, retrieval.reranker_version
-        )
-        reranker = load_reranker(reranker_info.path, device=device)
+    reranker_info, reranker = serve_reranker(reranker_named, settings, device)
     return_freed_memory()  # what loading built and dropped (the int8 variant's float skeleton: ~180 MB)
     log.info(
         "loaded embedder=%s (%s) chat=%s retrieval=%s mode=%s reranker=%s index=%s (%d chunks) device=%s",
@@ -315,7 +361,7 @@ def load_models(settings: Settings) -> LoadedModels:
         chat_info.version,
         retrieval_info.version,
         retrieval.mode,
-        retrieval.reranker_version,
+        f"{reranker_info.name} v{reranker_info.version}" if reranker_info else None,
         index.collection,
         index.count,
         device,

@@ -43,13 +43,19 @@ def timed_encode(model: Any, texts: list[str], batch_size: int) -> tuple[np.ndar
     return vectors, round(len(texts) / (time.perf_counter() - start), 1)
 
 
-def gate(p: Params, float_score: float, int8_score: float) -> tuple[bool, str]:
-    metric, limit = p.gate.embedder_metric, p.gate.embedder_int8_max_drop
+def drop_gate(what: str, float_score: float, int8_score: float, limit: float, fallback: str) -> tuple[bool, str]:
+    """An int8 form passes when its held-out score (`what`, e.g. `dense mrr@10`) is below the float model's by less
+    than `limit`; the reason says by how much, and what to serve (`fallback`) when it does not pass."""
     change = round(int8_score - float_score, 4)
-    said = f"held-out dense {metric} {int8_score} is {change:+.4f} from the float model's {float_score}"
+    said = f"held-out {what} {int8_score} is {change:+.4f} from the float model's {float_score}"
     if -change < limit:
         return True, f"{said} (drop < {limit})"
-    return False, (f"{said}, a drop not under {limit}: not registered (serve the float embedder)")
+    return False, f"{said}, a drop not under {limit}: not registered (serve the float {fallback})"
+
+
+def gate(p: Params, float_score: float, int8_score: float) -> tuple[bool, str]:
+    limit = p.gate.embedder_int8_max_drop
+    return drop_gate(f"dense {p.gate.embedder_metric}", float_score, int8_score, limit, "embedder")
 
 
 def run(p: Params) -> dict[str, Any]:

@@ -1,6 +1,8 @@
 """Reranker engine: a cross-encoder scoring (query, passage) pairs, for /v1/rerank and for search and RAG.
 
-One request's pairs go through one `predict` call (sentence-transformers batches them, sorted by length)
+The model is the float cross-encoder (sentence-transformers) or its int8 ONNX form (core/onnx_reranker.py,
+`serving.reranker_variant`). One request's pairs go through one `predict` call (batched by `serving.rerank_batch_size`
+after sorting by length, so a batch carries little padding)
 on a dedicated thread, one request at a time: a cross-encoder forward is compute-bound, so two requests
 interleaved on two cores finish no sooner than one after the other, and the event loop stays free. A
 request waiting for that thread counts as waiting on /v1/status. Scores are the model's relevance
@@ -18,6 +20,7 @@ from sentence_transformers.cross_encoder import CrossEncoder
 from core.device import free_memory, is_oom
 from core.errors import InvalidRequest, Overloaded
 from core.log import get_logger
+from core.onnx_reranker import OnnxReranker
 from serving.engines.types import EngineHealth
 
 log = get_logger(__name__)
@@ -26,8 +29,9 @@ log = get_logger(__name__)
 class RerankerEngine:
     name = "reranker"
 
-    def __init__(self, model: CrossEncoder, *, max_documents: int = 256, batch_size: int = 32) -> None:
+    def __init__(self, model: CrossEncoder | OnnxReranker, *, max_documents: int = 256, batch_size: int = 2) -> None:
         self.model = model
+        self.runtime = str(getattr(model, "method", "sentence-transformers"))
         self.max_documents = max_documents
         self.batch_size = batch_size
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reranker")
@@ -83,7 +87,7 @@ class RerankerEngine:
     def count_tokens(self, query: str, documents: Sequence[str]) -> int:
         """Tokens the model reads for these pairs (query and document together, truncated to its window)."""
         enc = self.model.tokenizer(
-            [query] * len(documents), list(documents), truncation=True, max_length=self.model.max_length
+            [query] * len(documents), list(documents), truncation=True, max_length=self.model.max_seq_length
         )
         return sum(len(ids) for ids in enc["input_ids"])
 

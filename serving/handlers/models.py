@@ -76,6 +76,7 @@ class ModelsHandler:
             search_mode=p.retriever.default_mode,
             chunking=p.retriever.config.chunking_name,
             reranker=p.reranker is not None,
+            reranker_runtime=p.reranker.runtime if p.reranker is not None else None,
             abstain_below=p.retriever.config.abstain_threshold,
             abstain_score=p.retriever.config.abstain_score,
             rollout=self.rollout.status() if self.rollout is not None else None,

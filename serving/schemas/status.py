@@ -87,6 +87,9 @@ class StatusResponse(BaseModel):
     """How the served chunks were cut (`tokens-200-32`, or `chars-1000-200` when the naive recipe is served)."""
     reranker: bool
     """Whether search and RAG rescore with a reranker by default (and /v1/rerank is served)."""
+    reranker_runtime: str | None = None
+    """What runs it: `sentence-transformers`, or the int8 variant's `onnxruntime-dynamic-int8-per-channel`
+    (`serving.reranker_variant: int8`); None without a reranker."""
     abstain_below: float | None
     """RAG says it found nothing relevant when the best hit's score is below this (None: it always answers)."""
     abstain_score: str | None

@@ -110,7 +110,7 @@ def test_the_registered_folder_is_found_inside_a_pyfunc_version(int8_folder: Pat
     assert find_onnx_folder(int8_folder) == int8_folder
     loaded = load_onnx_embedder(version)
     np.testing.assert_array_equal(loaded.encode(["json dumps"]), OnnxEmbedder(int8_folder).encode(["json dumps"]))
-    with pytest.raises(FileNotFoundError, match="no ONNX embedder"):
+    with pytest.raises(FileNotFoundError, match="no ONNX model"):
         find_onnx_folder(tmp_path / "empty")
 
 

@@ -410,6 +410,52 @@ def test_the_int8_embedder_is_gated_registered_and_indexed_apart(pipeline: Path)
     assert seen["pyfunc"] < 1e-5, seen
 
 
+def test_the_int8_reranker_is_gated_registered_and_named_by_the_unit(pipeline: Path) -> None:
+    """Stage quantize_reranker measured the int8 form of the reranker on evaluate's reranked questions; register
+    registered it beside its float version (champion with it, since the tiny gate promotes reranking), the unit names
+    it, and in a fresh process the registered pyfunc scores like the folder the pipeline made."""
+    metrics, report = _evaluate_json(pipeline), _register_json(pipeline)
+    q = json.loads((pipeline / "artifacts/metrics/quantize_reranker.json").read_text())
+    assert q["gate"]["passed"] is True and q["float"]["reranked"] == metrics["reranked"]
+    assert set(q["int8"]["reranked"]) == set(metrics["reranked"]) and q["score_difference"]["max"] < 0.05, q
+    assert q["ms_per_question"]["int8"]["p50"] > 0 and q["ms_per_question"]["candidates"] == 10
+    reranker = report["retrieval"]["reranker"]
+    int8 = reranker["int8"]
+    assert int8["source"] == f"reranker/{reranker['version']}" and int8["reason"] == q["gate"]["reason"]
+    assert int8["champion_version"] == int8["version"] is not None
+    script = textwrap.dedent(
+        """
+        import json
+        import tempfile
+        import mlflow.pyfunc
+        from pathlib import Path
+        from core import paths
+        from core.onnx_reranker import OnnxReranker
+        from core.registry import Registry
+        from core.retrieval_unit import read_unit
+
+        reg = Registry()
+        version = reg.describe("reranker-int8", "champion")
+        folder = Path(tempfile.mkdtemp()) / "r"
+        unit = read_unit(reg.download("retrieval", reg.resolve("retrieval", "champion"), folder))[0]
+        rows = [{"query": "how do I read a file", "passage": "open() returns a file object"},
+                {"query": "how do I read a file", "passage": "zip archives"}]
+        predicted = mlflow.pyfunc.load_model("models:/reranker-int8@champion").predict(rows)
+        local = OnnxReranker(paths.RERANKER_INT8_MODEL).predict([(r["query"], r["passage"]) for r in rows])
+        print(json.dumps({
+            "version": version.version, "tags": version.tags, "description": version.description,
+            "unit": [unit.reranker_int8_name, unit.reranker_int8_version],
+            "pyfunc": float(max(abs(a - b) for a, b in zip(predicted, local))),
+        }))
+        """
+    )
+    seen = json.loads(run([sys.executable, "-c", script], pipeline, timeout=600).stdout.strip().splitlines()[-1])
+    assert seen["version"] == int8["version"] and seen["unit"] == ["reranker-int8", int8["version"]], seen
+    assert seen["tags"]["variant"] == "int8" and seen["tags"]["quantized_from"] == int8["source"], seen["tags"]
+    assert seen["description"].startswith(f"int8 variant of {int8['source']} ("), seen["description"]
+    assert seen["pyfunc"] < 1e-5, seen
+
+
 def test_champions_load_in_a_fresh_process(pipeline: Path) -> None:
     script = textwrap.dedent(
         """

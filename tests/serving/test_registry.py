@@ -158,3 +158,30 @@ def test_the_int8_embedder_variant_is_served_only_where_it_exists(tmp_path: Path
         serve_embedder(int8, "auto", "cuda:0", "int8")
     with pytest.raises(StartupError, match=r"cannot open embedder-int8 version 5"):
         serve_embedder(int8, "auto", "cpu", "int8")  # its folder holds no ONNX embedder
+
+
+def test_the_int8_reranker_variant_is_served_only_where_it_exists(tmp_path: Path) -> None:
+    """`serving.reranker_variant: int8`: nothing to serve when the unit does not rerank; otherwise the unit must name
+    an int8 form and the server must run on the CPU; each failure is a start-up error naming the fix."""
+    from core.retrieval_params import RetrievalParams
+    from core.retrieval_unit import RetrievalConfig
+    from serving.registry import serve_reranker, unit_reranker
+
+    s = _settings(tmp_path)
+    s = dataclasses.replace(s, serving=s.serving.model_copy(update={"reranker_variant": "int8"}))
+    fields = dict(chunks_md5="abc", chunking={}, mode="hybrid", metric="mrr@10", scores={}, reasons=[])
+    plain = RetrievalConfig.of(RetrievalParams(), embedder_name="embedder", embedder_version="2", **fields)
+    retrieval = ServedModel("retrieval", "champion", "7", tmp_path, False)
+    assert unit_reranker(retrieval, plain, "int8", "cpu") is None  # no reranking: the variant changes nothing
+    assert serve_reranker(None, s, "cpu") == (None, None)
+    reranks = plain.model_copy(update={"reranker_name": "reranker", "reranker_version": "3"})
+    assert unit_reranker(retrieval, reranks, "float", "cuda:0") == ("reranker", "3")
+    with pytest.raises(StartupError, match=r"names no int8 form of reranker version 3.*reranker_variant: float"):
+        unit_reranker(retrieval, reranks, "int8", "cpu")
+    with_int8 = reranks.model_copy(update={"reranker_int8_name": "reranker-int8", "reranker_int8_version": "4"})
+    assert unit_reranker(retrieval, with_int8, "int8", "cpu") == ("reranker-int8", "4")
+    with pytest.raises(StartupError, match=r"reranker_variant: int8 runs on the CPU"):
+        unit_reranker(retrieval, with_int8, "int8", "cuda:0")
+    _cache(tmp_path / "cache", "reranker-int8", "4")  # cached, but without the ONNX folder
+    with pytest.raises(StartupError, match=r"cannot open reranker-int8 version 4.*onnx_reranker.json"):
+        serve_reranker(("reranker-int8", "4"), s, "cpu")

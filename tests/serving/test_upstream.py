@@ -1,9 +1,9 @@
 """Hosted models behind our endpoint (`serving.upstreams`), tested with a second real `bentoml serve` as the
 gateway and the shared server as its upstream (no hosted API can be reached here): both SDKs, both upstream
 dialects, conversion between them, streaming, the upstream's key, 502 for an unreachable upstream and an
-upstream's 4xx passed on. The gateway serves its own `chat` and embedder as their int8 variants
-(`SERVING_CHAT_VARIANT=int8`, `SERVING_EMBEDDER_VARIANT=int8`), so one extra server start covers that configuration
-too.
+upstream's 4xx passed on. The gateway serves its own `chat`, embedder and reranker as their int8 variants
+(`SERVING_CHAT_VARIANT=int8`, `SERVING_EMBEDDER_VARIANT=int8`, `SERVING_RERANKER_VARIANT=int8`), so one extra server
+start covers that configuration too.
 
     clients -> proxy (this module's server: upstreams `remote-*`) -> server (the shared one: `chat`)
 """
@@ -55,7 +55,7 @@ def proxy(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         **project_env(server.project), **SERVER_ENV, "BENTOML_HOME": str(folder / "bentoml-home"),
         "SERVING_API_KEYS": PROXY_KEY, "SERVING_DEBUG_STEP_DELAY_MS": "0",
         "SERVING_UPSTREAMS": json.dumps(upstreams), "UPSTREAM_KEY": UPSTREAM_KEY, "WRONG_KEY": "not-a-key",
-        "SERVING_CHAT_VARIANT": "int8", "SERVING_EMBEDDER_VARIANT": "int8",
+        "SERVING_CHAT_VARIANT": "int8", "SERVING_EMBEDDER_VARIANT": "int8", "SERVING_RERANKER_VARIANT": "int8",
     }  # fmt: skip
     log = folder / "bentoml.log"
     try:
@@ -172,6 +172,36 @@ def test_the_gateway_embeds_and_searches_with_the_int8_embedder_over_its_own_ind
     vectors = dict(zip(stored["ids"], np.asarray(stored["embeddings"]), strict=True))
     cosines = [float(vectors[h["id"]] @ np.asarray(served)) for h in hits]
     assert [h["score"] for h in hits] == pytest.approx(cosines, abs=1e-4)
+
+
+def test_the_gateway_reranks_with_the_int8_reranker_the_unit_names(proxy: Server, server: Server) -> None:
+    """`SERVING_RERANKER_VARIANT=int8`: /v1/rerank and search's reranking score with the int8 ONNX form of the
+    unit's reranker (registered as `reranker-int8`), the pipeline's own int8 model's scores."""
+    from core.onnx_embedder import METHOD
+    from core.onnx_reranker import OnnxReranker
+    from core.retrieval_unit import read_unit
+
+    headers = {"Authorization": f"Bearer {PROXY_KEY}"}
+    int8 = httpx.get(f"{proxy.url}/v1/status", headers=headers).json()
+    floating = httpx.get(f"{server.url}/v1/status", headers=server.headers).json()
+    assert int8["reranker_runtime"] == METHOD and floating["reranker_runtime"] == "sentence-transformers"
+    unit, _ = read_unit(server.project / "state/serving-cache/retrieval" / int8["models"]["retrieval"]["version"])
+    assert unit.reranker("int8") == ("reranker-int8", int8["models"]["reranker"]["version"])
+    assert (int8["models"]["reranker"]["name"], floating["models"]["reranker"]["name"]) == ("reranker-int8", "reranker")
+
+    query = "How do I write JSON?"
+    docs = ["json.dump writes an object to a file.", "zip archives", "Lists are mutable."]
+    out = httpx.post(f"{proxy.url}/v1/rerank", headers=headers, json={"query": query, "documents": docs})
+    assert out.status_code == 200, out.text
+    served = {r["index"]: r["relevance_score"] for r in out.json()["results"]}
+    made = OnnxReranker(server.project / "artifacts/models/reranker_int8").predict([(query, d) for d in docs], 2)
+    assert [served[i] for i in range(len(docs))] == pytest.approx(made.tolist(), abs=1e-5)
+    # search reranks its candidates with the same model: each hit's score is that model's for its text
+    found = httpx.post(f"{proxy.url}/v1/search", headers=headers, json={"query": query, "top_k": 3, "rerank": True})
+    assert found.status_code == 200, found.text
+    hits = found.json()["results"]
+    scored = OnnxReranker(server.project / "artifacts/models/reranker_int8").predict([(query, h["text"]) for h in hits])
+    assert [h["score"] for h in hits] == pytest.approx(scored.tolist(), abs=0.01)  # batch-mates differ: 0.01
 
 
 def test_n_and_logprobs_pass_through(gpt: openai.OpenAI) -> None:
