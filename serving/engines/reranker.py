@@ -2,11 +2,10 @@
 
 The model is the float cross-encoder (sentence-transformers) or its int8 ONNX form (core/onnx_reranker.py,
 `serving.reranker_variant`). One request's pairs go through one `predict` call (batched by `serving.rerank_batch_size`
-after sorting by length, so a batch carries little padding)
-on a dedicated thread, one request at a time: a cross-encoder forward is compute-bound, so two requests
-interleaved on two cores finish no sooner than one after the other, and the event loop stays free. A
-request waiting for that thread counts as waiting on /v1/status. Scores are the model's relevance
-probabilities (sigmoid of its one logit), in [0, 1], higher is more relevant.
+after sorting by length, so a batch carries little padding) on a dedicated thread, one request at a time: a
+cross-encoder forward is compute-bound, so two requests interleaved on two cores finish no sooner than one after the
+other, and the event loop stays free. A request waiting for that thread counts as waiting on /v1/status. Scores are the
+model's relevance probabilities (sigmoid of its one logit), in [0, 1], higher is more relevant.
 """
 
 from __future__ import annotations
