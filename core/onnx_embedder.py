@@ -28,6 +28,7 @@ Normalize; `quantize` refuses anything else rather than export something that em
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -70,7 +71,14 @@ def quantize_file(fp32: Path, dest: Path) -> Path:
     """`fp32`'s graph with int8 weights per output channel and dynamic int8 activations, written to `dest`."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(fp32), str(dest), weight_type=QuantType.QInt8, per_channel=True)
+    # the quantiser logs a line per tensor it leaves alone (~130 for MiniLM) on the root logger, at INFO
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.WARNING))
+    try:
+        quantize_dynamic(str(fp32), str(dest), weight_type=QuantType.QInt8, per_channel=True)
+    finally:
+        root.setLevel(level)
     return dest
 
 

@@ -167,6 +167,31 @@ def collate(tok: PreTrainedTokenizerBase, batch: list[dict[str, Any]]) -> dict[s
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
+def loss_window(labels: torch.Tensor) -> int:
+    """How many final positions of right-padded `labels` (B, T) a next-token loss reads: from the one before the
+    batch's earliest answer token to the end.
+
+    Only answers are trained on (8% of a default batch's tokens), and the 49k-way LM head and its softmax over the
+    prompt positions were a quarter of a step: asking the model for these positions' logits only (`logits_to_keep`,
+    as generation does) took a default step (batch 8, 2 threads) from 12.4-13.1 s to 9.2 s with the same loss and
+    gradients (to 5 decimals; /tmp probe in the closing note of issue 16, stop 30).
+    """
+    answer = labels != IGNORE
+    starts = answer.int().argmax(dim=1)[answer.any(dim=1)]
+    width = labels.shape[1]
+    return width if starts.numel() == 0 else min(width - int(starts.min()) + 1, width)
+
+
+def collate_for_loss(tok: PreTrainedTokenizerBase, batch: list[dict[str, Any]]) -> dict[str, Any]:
+    """`collate`, asking the model for logits only where the loss reads them (`loss_window`): `logits_to_keep`, and
+    the labels cut to the same final positions, so the model's own shifted loss is unchanged."""
+    out: dict[str, Any] = collate(tok, batch)
+    keep = loss_window(out["labels"])
+    out["labels"] = out["labels"][:, -keep:]
+    out["logits_to_keep"] = keep
+    return out
+
+
 def train_chat(p: Params, base_dir: Path, train_file: Path, out_dir: Path) -> dict[str, Any]:
     """LoRA-fine-tune the causal LM in `base_dir` on `train_file`, merge, and save it to `out_dir`.
 
@@ -228,7 +253,7 @@ def train_chat(p: Params, base_dir: Path, train_file: Path, out_dir: Path) -> di
             model=model,
             args=args,
             train_dataset=Dataset.from_list(examples),
-            data_collator=lambda b: collate(tok, b),
+            data_collator=lambda b: collate_for_loss(tok, b),
             callbacks=[TrackerCallback(tracker)],
         )
         t0 = time.perf_counter()

@@ -90,3 +90,75 @@ def test_tool_examples_teach_the_call_format_and_answering_from_its_result(tok) 
     assert "<tool_response>\n[1] Use open(path).\n\n[2] Other.\n</tool_response>" in prompt
     assert prompt.count("<tool_call>\n{") == 1  # the call it answers after, in the history
     assert tok.decode([t for t in answer["labels"] if t != IGNORE]).startswith("Use open(path). [1]")
+
+
+def test_logits_only_where_the_loss_reads_give_the_same_loss_and_gradients(base_dir: Path) -> None:
+    """Training asks for the answer positions' logits only (`collate_for_loss`); the loss and every LoRA gradient
+    must equal those of the whole-sequence logits, and the held-out loss the hand-written whole-sequence one."""
+    import math
+
+    import polars as pl
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from core.loading import load_chat
+    from evaluation.chat_quality import heldout_loss
+    from training.chat import collate_for_loss, loss_window
+
+    model, tok = load_chat(base_dir / "chat", device="cpu")
+    rows = [  # prompts of different lengths, so the batch's answers start at different positions
+        ("What is x?", ["x is a variable."], "x is a variable. [1]"),
+        ("Which module parses JSON text?", ["The json module parses JSON.", "csv reads tables."], "json [1]"),
+        ("q?", ["short"], "a."),
+    ]
+    examples = [encode_example(tok, q, c, a, max_length=256) for q, c, a in rows]
+    full = collate(tok, examples)
+    cut = collate_for_loss(tok, examples)
+    keep = cut["logits_to_keep"]
+    assert keep == loss_window(full["labels"]) < full["labels"].shape[1]
+    assert torch.equal(cut["labels"], full["labels"][:, -keep:])
+
+    torch.manual_seed(0)
+    lora = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"]))
+
+    def loss_and_grads(batch: dict) -> tuple[float, list[torch.Tensor]]:  # type: ignore[type-arg]
+        lora.zero_grad()
+        loss = lora(**batch).loss
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in lora.parameters() if p.grad is not None]
+
+    whole_loss, whole_grads = loss_and_grads(full)
+    cut_loss, cut_grads = loss_and_grads(cut)
+    assert math.isclose(cut_loss, whole_loss, rel_tol=1e-5)
+    assert len(cut_grads) == len(whole_grads) > 0
+    for a, b in zip(cut_grads, whole_grads, strict=True):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
+
+    base = lora.get_base_model()
+    df = pl.DataFrame(rows, schema=["question", "contexts", "answer"], orient="row")
+    with torch.inference_mode():
+        logits = base(input_ids=full["input_ids"], attention_mask=full["attention_mask"]).logits[:, :-1]
+        labels = full["labels"][:, 1:]
+        mean = float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1),
+                                                        ignore_index=IGNORE))  # fmt: skip
+    assert math.isclose(heldout_loss(base, tok, df, 256)["eval_loss"], round(mean, 4), abs_tol=1e-4)
+
+
+def test_batched_generation_answers_each_prompt_in_the_order_given(base_dir: Path) -> None:
+    """`generate` batches the shortest prompts together; each answer must still be its own prompt's, in order."""
+    from core.loading import load_chat
+    from evaluation.chat_quality import generate
+
+    model, tok = load_chat(base_dir / "chat", device="cpu")
+    questions = [
+        "Write the word 'apple' three times, separated by spaces, and nothing else.",
+        "Hi",
+        "Count from one to five in words, separated by commas, and nothing else at all, please.",
+    ]
+    prompts = [
+        str(tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False))
+        for q in questions
+    ]
+    one_by_one = [generate(model, tok, [p], 6, batch_size=1)[0] for p in prompts]
+    assert len(set(one_by_one)) == 3  # distinct answers, so a shuffled order would show
+    assert generate(model, tok, prompts, 6, batch_size=2) == one_by_one
