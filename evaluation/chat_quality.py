@@ -119,6 +119,8 @@ def generate(
     """Greedy continuations of rendered prompts, stripped, in the order given; batched with left padding, shortest
     prompts together (prefill is most of the time, and 16 held-out RAG prompts batched in order were 28% padding,
     sorted 20%)."""
+    if not prompts:
+        return []
     tok.padding_side = "left"
     lengths = [len(ids) for ids in tok(list(prompts), add_special_tokens=False)["input_ids"]]
     order = sorted(range(len(prompts)), key=lengths.__getitem__)

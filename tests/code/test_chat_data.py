@@ -162,3 +162,4 @@ def test_batched_generation_answers_each_prompt_in_the_order_given(base_dir: Pat
     one_by_one = [generate(model, tok, [p], 6, batch_size=1)[0] for p in prompts]
     assert len(set(one_by_one)) == 3  # distinct answers, so a shuffled order would show
     assert generate(model, tok, prompts, 6, batch_size=2) == one_by_one
+    assert generate(model, tok, [], 6) == []  # e.g. no held-out question began a tool call
