@@ -3,7 +3,7 @@
 For each count, on the held-out questions over the evaluate stage's chunks (`evaluation.retrieval.QuestionSet`):
 - the ceiling: the share of questions whose document is among the first N hybrid chunks' documents (what a reranker
   can lift to the top; hybrid's recall@10 stays whatever N is, as the chunks after the head keep their order);
-- the pipeline's reranker's reranked metrics (each pair scored once, on the first `--most` chunks);
+- the pipeline's reranker's reranked metrics (each pair scored once, over the largest count's chunks);
 - its cost per question through the served engine, one question at a time (`rag_latency.rerank_in_process`: float
   at `serving.rerank_batch_size`, float in one batch of 32, and int8 when stage quantize_reranker made it), on the
   questions `--timed` selects (not the first 24, which stage quantize_reranker times).
