@@ -163,3 +163,42 @@ def test_batched_generation_answers_each_prompt_in_the_order_given(base_dir: Pat
     assert len(set(one_by_one)) == 3  # distinct answers, so a shuffled order would show
     assert generate(model, tok, prompts, 6, batch_size=2) == one_by_one
     assert generate(model, tok, [], 6) == []  # e.g. no held-out question began a tool call
+
+
+def _micro_batches(seed: int, lengths: list[int]) -> list[list[int]]:
+    """The example ids of every micro-batch `train_chat`'s Trainer draws (batch 4, 2 accumulated), in order."""
+    import torch
+    from datasets import Dataset
+
+    from training.chat import ChatTrainer, training_args
+
+    p = Params().model_copy(update={"seed": seed})
+    p = p.model_copy(update={"train_chat": p.train_chat.model_copy(update={"batch_size": 4, "grad_accum": 2})})
+    examples = [{"id": i, "input_ids": [1] * n, "labels": [1] * n} for i, n in enumerate(lengths)]
+    trainer = ChatTrainer(
+        model=torch.nn.Linear(1, 1),
+        args=training_args(p, "cpu"),
+        train_dataset=Dataset.from_list(examples),
+        data_collator=lambda b: [e["id"] for e in b],
+    )
+    return list(trainer.get_train_dataloader())
+
+
+def test_a_long_example_pads_only_its_micro_batch() -> None:
+    """A kept-whole tool-call example (~280 tokens among examples cut to 192) shares its micro-batch with fewer
+    examples than the other micro-batch of its step; each step still takes 8 examples, and a run sees each once."""
+    lengths = [192] * 32
+    long = {3, 17}
+    for i in long:
+        lengths[i] = 282
+    batches = _micro_batches(42, lengths)
+    assert sorted(i for b in batches for i in b) == list(range(32))
+    steps = [batches[k : k + 2] for k in range(0, len(batches), 2)]
+    assert all(len(a) + len(b) == 8 for a, b in steps)
+    for step in steps:
+        for mb, other in (step, step[::-1]):
+            if long & set(mb) and not long & set(other):
+                assert len(mb) < len(other), step
+    assert any(long & set(mb) for step in steps for mb in step)
+    assert _micro_batches(42, lengths) == batches  # the draw follows `seed` ...
+    assert _micro_batches(7, lengths) != batches  # ... which transformers' sampler alone ignores
