@@ -11,7 +11,6 @@ Writes DVC metrics (`artifacts/metrics/evaluate.json`):
                                 the fine-tuned cross-encoder (training/reranker.py); `rerank_latency` its cost
     abstention.{dense,reranker} the RAG abstention threshold on each score and how well it separates answerable
                                 from unanswerable questions (evaluation/abstention.py)
-    headings.{base,finetuned}   the heading queries, per chunk id (a second set, kept for comparison)
     chat.{base,finetuned}       held-out answer loss, perplexity, token F1
 the recall@k plot (naive, dense base and fine-tuned, lexical, hybrid), a sample of generated answers for a
 person to read, and logs the fine-tuned models' scores into their training runs in MLflow.
@@ -35,18 +34,16 @@ from core.log import get_logger
 from core.tracking import log_heldout_metrics
 from evaluation.abstention import best_scores, choose_threshold
 from evaluation.chat_quality import answer_quality, heldout_loss
-from evaluation.retrieval import QuestionSet, retrieval_metrics
+from evaluation.retrieval import QuestionSet
 from evaluation.tool_use import tool_use
 
 log = get_logger(__name__)
 
 
 def evaluate_embedders(p: Params) -> dict[str, Any]:
-    """Every retrieval configuration on the held-out questions, and both embedders on the heading queries."""
+    """Every retrieval configuration on the held-out questions."""
     qs = QuestionSet.load(p)
-    queries, corpus = pl.read_parquet(paths.EMBED_EVAL_QUERIES), pl.read_parquet(paths.EMBED_EVAL_CORPUS)
     modes: dict[str, dict[str, dict[str, float]]] = {}
-    headings: dict[str, dict[str, float]] = {}
     naive: dict[str, float] = {}
     rankings: dict[str, list[list[int]]] = {}
     sims: list[list[float]] = []
@@ -56,7 +53,6 @@ def evaluate_embedders(p: Params) -> dict[str, Any]:
             naive = qs.score(model, p, naive=True)
         rankings, sims = qs.scored_rankings(model, p)  # the fine-tuned one's, last: what follows is scored on it
         modes[name] = {mode: qs.metrics(r, p) for mode, r in rankings.items()}
-        headings[name] = retrieval_metrics(model, queries, corpus, p.evaluate.k_values, p.evaluate.batch_size)
         del model
     reranked_rankings, rerank_scores, rerank_ms = qs.rerank(load_reranker(paths.RERANKER_MODEL), rankings["hybrid"], p)
     reranked = qs.metrics(reranked_rankings, p)
@@ -86,7 +82,6 @@ def evaluate_embedders(p: Params) -> dict[str, Any]:
         "reranked": reranked,
         "rerank_latency": {"candidates": p.retrieval.rerank_candidates, "ms_per_query": round(rerank_ms, 1)},
         "abstention": abstention,
-        "headings": headings,
     }
 
 

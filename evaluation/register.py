@@ -65,8 +65,6 @@ def register_embedder(
             {
                 "embed_train": (paths.EMBED_TRAIN, "training"),
                 "eval_questions": (paths.EVAL_QUESTIONS, "evaluation"),
-                "embed_eval_queries": (paths.EMBED_EVAL_QUERIES, "evaluation"),
-                "embed_eval_corpus": (paths.EMBED_EVAL_CORPUS, "evaluation"),
             }
         )
     return Registered(p.models.embedder_name, registry.register(uri, p.models.embedder_name, tags), uri)

@@ -1,9 +1,9 @@
 """Retrieval quality: recall@k, MRR@10 and nDCG@10 of an embedder over a chunking.
 
-Two measurements. The gate's: held-out questions (data/questions.py) judged per document, for any
-chunking, with the naive recipe as a baseline row (bottom of this file). The second set: the heading
-queries judged per chunk id, with sentence-transformers' InformationRetrievalEvaluator (cosine
-similarity, exact search), so those numbers are the ones its users know.
+Held-out questions (data/questions.py) judged per document, for any chunking, with the naive recipe as a
+baseline row (bottom of this file). The heading queries judged per chunk id (sentence-transformers'
+InformationRetrievalEvaluator) were a second set until issue 16's 30-minute budget: the datasets stage still
+writes them (embed_eval_queries, embed_eval_corpus).
 """
 
 from __future__ import annotations
@@ -16,54 +16,11 @@ from dataclasses import dataclass, field
 import polars as pl
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.cross_encoder import CrossEncoder
-from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
 
 from core import paths
 from core.config import Params, RetrievalParams
 from core.fusion import reciprocal_rank_fusion
 from core.lexical import LexicalIndex
-
-
-def retrieval_metrics(
-    model: SentenceTransformer,
-    queries: pl.DataFrame,
-    corpus: pl.DataFrame,
-    k_values: Sequence[int],
-    batch_size: int = 64,
-) -> dict[str, float]:
-    """Score `model` retrieving `corpus` chunks for `queries`.
-
-    Args:
-        queries: columns `query_id`, `query`, `relevant_ids` (list of chunk ids).
-        corpus: columns `chunk_id`, `text`.
-        k_values: cut-offs for recall@k and accuracy@k.
-
-    Returns:
-        `{"recall@1": ..., "accuracy@1": ..., "mrr@10": ..., "ndcg@10": ...}`.
-    """
-    ks = sorted(set(k_values))
-    evaluator = InformationRetrievalEvaluator(
-        queries=dict(zip(queries["query_id"], queries["query"], strict=True)),
-        corpus=dict(zip(corpus["chunk_id"], corpus["text"], strict=True)),
-        relevant_docs={q: set(r) for q, r in zip(queries["query_id"], queries["relevant_ids"], strict=True)},
-        accuracy_at_k=ks,
-        precision_recall_at_k=ks,
-        mrr_at_k=[10],
-        ndcg_at_k=[10],
-        map_at_k=[10],
-        batch_size=batch_size,
-        show_progress_bar=True,
-        write_csv=False,
-        name="heldout",
-    )
-    raw = evaluator(model)
-    out: dict[str, float] = {}
-    for key, value in raw.items():
-        metric = key.split("_")[-1]  # "heldout_cosine_recall@10" -> "recall@10"
-        if "@" in metric and not metric.startswith(("precision", "map")):
-            out[metric] = round(float(value), 4)
-    return out
-
 
 # ---- per-document retrieval on the held-out questions ------------------------------------------------
 # Relevance is judged per document, not per chunk id: a question is answered when its document comes

@@ -56,7 +56,7 @@ def test_metrics_agree_across_dvc_the_plot_and_the_register_report(pipeline: Pat
         assert set(scores) == {"recall@1", "recall@5", "recall@10", "mrr@10", "ndcg@10"}
         assert float(plot[10][side]) == pytest.approx(scores["recall@10"])
         assert scores["recall@1"] <= scores["recall@5"] <= scores["recall@10"] and scores["mrr@10"] <= 1
-    assert set(metrics["headings"]) == {"base", "finetuned"}  # the heading queries stay as a second set
+    assert "headings" not in metrics  # the heading queries are no longer scored (issue 16's 30-minute budget)
     for column, scores in (
         ("lexical", metrics["lexical"]),
         ("hybrid", metrics["hybrid"]["finetuned"]),
