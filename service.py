@@ -25,7 +25,8 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
 from serving.handlers import Handlers
-from serving.http import cancel_on_disconnect, create_app, respond
+from serving.handlers.base import RequestRecord
+from serving.http import cancel_on_disconnect, create_app, direct_post, respond
 from serving.metrics import PrometheusObserver, record_request
 from serving.playground import create_playground_app
 from serving.rollout import Live, Rollout, build_platform
@@ -103,9 +104,14 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     return respond(await cancel_on_disconnect(request, handlers().chat.completions(body, request.state.record)))
 
 
-@app.post("/embeddings", response_model=None)
+@direct_post(app, "/v1/embeddings", EmbeddingRequest)  # answered by the edge itself (serving/http.py says why)
+async def embed(body: EmbeddingRequest, record: RequestRecord) -> Response:
+    return respond(await handlers().embeddings.create(body, record))
+
+
+@app.post("/embeddings", response_model=None)  # the same route as FastAPI sees it: /v1/openapi.json lists it
 async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
-    return respond(await handlers().embeddings.create(body, request.state.record))
+    return await embed(body, request.state.record)
 
 
 @app.post("/search", response_model=None)

@@ -319,6 +319,11 @@ def test_error_cases(http: httpx.Client) -> None:
     assert err["code"] == "context_length_exceeded"
     _error(http.post("/v1/embeddings", json={"model": "embedder", "input": ["x"] * 17}), 413)
     _error(http.post("/v1/embeddings", json={"model": "embedder", "input": "y" * 200_000}), 413)
+    # /v1/embeddings is answered by the edge itself (serving/http.py `direct_post`): the same 400s as FastAPI's
+    _error(http.post("/v1/embeddings", content=b"{not json", headers={"content-type": "application/json"}), 400)
+    assert _error(http.post("/v1/embeddings", json={"input": "x"}), 400)["param"] == "model"
+    err = _error(http.post("/v1/embeddings", json={"model": "embedder", "input": [[1, 2]]}), 400)
+    assert err["param"] == "input" and "check_embedding_ctx_length" in err["message"]
     _error(http.post("/v1/search", json={"query": "x", "top_k": 0}), 400)
     _error(http.post("/v1/search", json={"query": "x", "filter": {"$nope": 1}}), 400)
     _error(http.post("/v1/rag", json={"question": ""}), 400)

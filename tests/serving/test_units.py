@@ -25,7 +25,7 @@ from core.errors import (
 )
 from serving.engines.embedder import EmbedderEngine
 from serving.errors import OPENAI_ERRORS, from_validation_errors, to_openai_error
-from serving.http import RateLimiter, create_app, sse_stream
+from serving.http import RateLimiter, create_app, direct_post, respond, sse_stream
 from serving.platform import Platform
 from serving.rollout import Rollout
 from serving.schemas import (
@@ -283,6 +283,46 @@ def test_edge_auth_rate_limit_and_body_limit() -> None:
     assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
     assert limited.json()["error"]["code"] == "rate_limit_exceeded"
     assert ("/v1/search", 401) in seen and ("/v1/search", 200) in seen
+
+
+def test_a_direct_route_answers_in_the_edge_with_the_same_limits_and_errors() -> None:
+    """`direct_post`: the route the edge answers itself (no FastAPI route of that path exists here) validates its body
+    into the schema with the 400 FastAPI's validation gives, keeps auth, body limits, request ids and metrics, and
+    turns a handler's error into its status; other paths still reach FastAPI."""
+    from fastapi.testclient import TestClient
+
+    env = {"SERVING_API_KEYS": "good", "SERVING_MAX_BODY_BYTES": "2048"}
+    seen: list[tuple[str, int]] = []
+    app = create_app(load_settings(load_params(ROOT / "params.yaml"), environ=env),
+                     lambda route, status, _seconds, _stages: seen.append((route, status)))  # fmt: skip
+
+    @direct_post(app, "/v1/embeddings", EmbeddingRequest)
+    async def embed(body: EmbeddingRequest, record) -> object:  # type: ignore[no-untyped-def]
+        if body.model != "embedder":
+            raise ModelNotFound(f"model `{body.model}` does not exist", param="model")
+        record.inputs = len(body.texts())
+        return respond(EmbeddingResponse.of("embedder", np.ones((len(body.texts()), 2)), body.encoding_format, 1))
+
+    c = TestClient(app, headers={"Authorization": "Bearer good"})
+    r = c.post("/v1/embeddings", json={"model": "embedder", "input": ["a", "b"]}, headers={"x-request-id": "r1"})
+    assert r.status_code == 200 and r.headers["x-request-id"] == "r1"
+    assert [d["embedding"] for d in r.json()["data"]] == [[1.0, 1.0], [1.0, 1.0]]
+    assert c.post("/v1/embeddings", json={"model": "gpt-9", "input": "a"}).status_code == 404
+    for body, param in (({"input": "a"}, "model"), ({"model": "embedder", "input": [[1, 2]]}, "input")):
+        err = c.post("/v1/embeddings", json=body)
+        assert err.status_code == 400 and err.json()["error"]["param"] == param, err.text
+    bad_json = c.post("/v1/embeddings", content=b"{not json", headers={"content-type": "application/json"})
+    assert bad_json.status_code == 400 and "JSON" in bad_json.json()["error"]["message"]
+
+    def chunked():  # no Content-Length: the limit is enforced while reading
+        yield b'{"model": "embedder", "input": "'
+        yield b"x" * 4000
+        yield b'"}'
+
+    assert c.post("/v1/embeddings", content=chunked()).status_code == 413
+    assert TestClient(app).post("/v1/embeddings", json={"model": "embedder", "input": "a"}).status_code == 401
+    assert c.get("/v1/embeddings").status_code == 404  # not POST: FastAPI answers, and it has no such route here
+    assert ("/v1/embeddings", 200) in seen and ("/v1/embeddings", 400) in seen and ("/v1/embeddings", 413) in seen
 
 
 def test_service_resources_claim_a_gpu_only_where_one_is_visible() -> None:
