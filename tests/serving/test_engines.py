@@ -428,6 +428,44 @@ def test_observer_sees_the_load_move(chat_parts) -> None:  # type: ignore[no-unt
         eng.stop()
 
 
+class _HoldAfterLastToken(EngineObserver):
+    """Parks the scheduler thread in `tokens`, which it calls once a request's last delta was sent and before
+    the row leaves the batch: the window in which a quick client's next request arrives, held open."""
+
+    def __init__(self) -> None:
+        self.held = threading.Event()
+        self.release = threading.Event()
+
+    def tokens(self, prompt: int, completion: int) -> None:
+        self.held.set()
+        self.release.wait(timeout=300)  # never hang a broken test forever
+
+
+def test_the_next_request_gets_the_slot_the_last_answer_left(chat_parts) -> None:  # type: ignore[no-untyped-def]
+    """One slot, no queue: a client that sends its next request as soon as its answer arrived is admitted,
+    even while the scheduler has not yet taken the finished row out of the batch (CI once got a 429 here)."""
+    model, tok = chat_parts
+    obs = _HoldAfterLastToken()
+    eng = ChatEngine(model, tok, max_batch_size=1, max_queue=0, max_context_tokens=256, observer=obs)
+    prompt = eng.encode_messages([{"role": "user", "content": "Hi"}])
+    params = SamplingParams(max_tokens=2, temperature=0)
+    eng.start()
+
+    async def run() -> None:
+        first = await eng.submit(prompt, params).result()
+        assert await asyncio.to_thread(obs.held.wait, 120)  # the finished row is still in the batch now
+        assert eng.load()["running"] == 0
+        second = eng.submit(prompt, params)  # QueueFull before the fix: the finished row held the only slot
+        obs.release.set()
+        assert (await second.result()).text == first.text
+
+    try:
+        asyncio.run(run())
+    finally:
+        obs.release.set()
+        eng.stop()
+
+
 # ---- embedder, retriever, RAG ----------------------------------------------------------------------
 
 

@@ -139,6 +139,10 @@ class Request:
         else:
             observer.inter_token(now - self.last_emit_at)
         self.last_emit_at = now
+        if delta.finish_reason is not None:
+            # Finished before the consumer hears of it: its slot counts as free from here on, so a client that
+            # sends its next request the moment this answer arrives is never refused for the row's own slot.
+            self.done = True
         self.deliver(delta)
         if delta.finish_reason is None:
             return False

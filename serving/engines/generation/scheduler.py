@@ -83,8 +83,12 @@ class Scheduler:
 
     @property
     def running(self) -> int:
-        """Requests holding a slot: in the batch or being prefilled."""
-        return len(self.batch) + len(self.admitting)
+        """Requests holding a slot: in the batch and not finished, or being prefilled (read from any thread).
+
+        A finished row stays in the batch until `_retire`, after its last token was sent: counting it would
+        refuse a client that sent its next request the moment the answer arrived (`WaitingQueue.put`).
+        """
+        return sum(not r.done for r in list(self.batch.rows)) + len(self.admitting)
 
     def run(self) -> None:
         """Iterate until the queue is stopped, then fail what is left; record why if the thread dies."""
