@@ -24,6 +24,7 @@ import torch
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
+from serving import heap
 from serving.handlers import Handlers
 from serving.handlers.base import RequestRecord
 from serving.http import cancel_on_disconnect, create_app, direct_post, respond
@@ -36,6 +37,7 @@ from serving.schemas.completions import CompletionRequest, DetokenizeRequest, To
 from serving.settings import load_settings, service_resources
 
 SETTINGS = load_settings()
+heap.install()  # BentoML's request timeout, its timer cancelled once the response starts (serving/heap.py)
 app = create_app(SETTINGS, on_request=record_request)
 # vLLM serves /tokenize and /detokenize at the root, not under /v1: the same handlers, mounted there too
 # (BentoML's PassiveMount matches only these two paths, so /readyz, /metrics and the rest stay BentoML's).
@@ -72,6 +74,8 @@ class ModelPlatform:
         self.rollout = Rollout(SETTINGS, lambda settings: build_platform(settings, observer))
         self.live = Live(build_platform(SETTINGS, observer), SETTINGS, self.rollout)
         self.rollout.start(self.live)
+        # The loaded models out of the garbage collector's full passes (~0.5 s each under load; serving/heap.py)
+        heap.freeze_heap()
 
     def __is_ready__(self) -> bool:
         return self.live.platform.is_ready()

@@ -18,7 +18,6 @@ service: it has no model-swap hook, so the swap is ours.
 
 from __future__ import annotations
 
-import gc
 import threading
 import time
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from core.log import get_logger
 from core.registry import Registry
 from serving.engines.types import EngineObserver
 from serving.handlers import Handlers
+from serving.heap import collect_all
 from serving.platform import Platform
 from serving.registry import load_models
 from serving.schemas.status import RolloutStatus
@@ -194,7 +194,7 @@ class Rollout:
         left = old.busy()
         old.stop()
         del old
-        gc.collect()
+        collect_all()  # the old models were frozen with the heap (serving/heap.py): thawed to be freed
         return_freed_memory()
         log.info("rollout: previous versions stopped and freed (%d requests cut at the deadline)", left)
 
