@@ -18,7 +18,14 @@ import httpx
 
 
 class ServerStartError(RuntimeError):
-    """The server exited or was not ready in time; the message carries the tail of its log."""
+    """The server exited, failed to start or was not ready in time; the message carries the tail of its log."""
+
+
+# What BentoML's worker logs when the service's __init__ raises (a StartupError naming what to fix). Outside a
+# container (`BENTOML_CONTAINERIZED` unset) BentoML's process manager then respawns the worker, which fails the same
+# way, over and over (50 times in 3 minutes, seen 2026-12-02): the server never exits, so waiting for it to would
+# take the whole timeout.
+BENTOML_STARTUP_FAILED = "Application startup failed"
 
 
 def free_port() -> int:
@@ -52,12 +59,13 @@ def started_server(
         target: the service to serve (`module:Class`); default: bentofile.yaml's, i.e. service.py.
 
     Raises:
-        ServerStartError: the server exited, or was not ready within `timeout_s`.
+        ServerStartError: the server exited, its service failed to start, or was not ready within `timeout_s`.
     """
     port = free_port()
     bentoml = Path(sys.executable).parent / "bentoml"
     argv = [str(bentoml), "serve", *([target] if target else []), "--host", "127.0.0.1", "--port", str(port)]
-    with started_process(argv, project, log, f"http://127.0.0.1:{port}", "/readyz", env, timeout_s) as launched:
+    url = f"http://127.0.0.1:{port}"
+    with started_process(argv, project, log, url, "/readyz", env, timeout_s, BENTOML_STARTUP_FAILED) as launched:
         yield launched
 
 
@@ -70,12 +78,13 @@ def started_process(
     ready_path: str,
     env: Mapping[str, str] | None = None,
     timeout_s: float = 600,
+    failed_marker: str | None = None,
 ) -> Iterator[Launched]:
     """Start any HTTP server (ours, or a benchmark peer), wait until `GET url + ready_path` answers 200, yield;
     stop its whole process group on exit.
 
     Raises:
-        ServerStartError: the process exited, or was not ready within `timeout_s`.
+        ServerStartError: the process exited, wrote `failed_marker` to its log, or was not ready within `timeout_s`.
     """
     name = Path(argv[0]).name
     with log.open("w") as out:
@@ -92,6 +101,8 @@ def started_process(
         while True:
             if proc.poll() is not None:
                 raise ServerStartError(f"{name} exited with {proc.returncode}:\n{log.read_text()[-6000:]}")
+            if failed_marker and failed_marker in (text := log.read_text(errors="replace")):
+                raise ServerStartError(f"{name} failed to start ({failed_marker!r} in its log):\n{text[-6000:]}")
             try:
                 if httpx.get(f"{url}{ready_path}", timeout=2).status_code == 200:
                     break
