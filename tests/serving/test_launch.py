@@ -13,11 +13,11 @@ from serving.launch import BENTOML_STARTUP_FAILED, ServerStartError, free_port, 
 # Stands in for `bentoml serve` after a StartupError: the worker's line in the log, then a process that keeps
 # running (BentoML's process manager respawns the worker; the server never exits and never becomes ready).
 FAILING = (
-    "import os, sys, time\n"
+    "import os, signal, sys\n"
     "open(sys.argv[1], 'w').write(str(os.getpid()))\n"
     "print('core.errors.StartupError: no active int8 Chroma index: build it (`dvc repro index`)', flush=True)\n"
     f"print('[ERROR] [entry_service:modelplatform:1] {BENTOML_STARTUP_FAILED}. Exiting.', flush=True)\n"
-    "time.sleep(3600)\n"
+    "signal.pause()\n"  # until started_process stops it: no timer involved
 )
 
 
