@@ -16,7 +16,18 @@ import torch
 
 from core.config import load_params
 from core.loading import load_chat
-from core.quantize import QUANT_FILE, WEIGHTS_FILE, activation_maxima, load_quantized, quantize, save_quantized, smooth
+from core.quantize import (
+    QUANT_FILE,
+    WEIGHTS_FILE,
+    FusedMLP,
+    FusedQKVAttention,
+    activation_maxima,
+    fuse_projections,
+    load_quantized,
+    quantize,
+    save_quantized,
+    smooth,
+)
 from training.quantize_chat import gate
 
 PROMPTS = [
@@ -95,12 +106,31 @@ def test_the_saved_form_loads_back_to_the_same_logits_at_about_half_the_size(int
     # core.loading reads it like any chat model folder; a second load gives the very same numbers
     model, tok = load_chat(int8_folder, device="cpu")
     again, _ = load_quantized(int8_folder)
-    assert isinstance(model.model.layers[0].self_attn.q_proj, torch.ao.nn.quantized.dynamic.Linear)
-    assert isinstance(model.model.layers[0].mlp.down_proj, torch.nn.Linear)  # skipped: kept in float
+    layer = model.model.layers[0]
+    assert isinstance(layer.self_attn, FusedQKVAttention) and isinstance(layer.mlp, FusedMLP)
+    assert isinstance(layer.self_attn.qkv_proj, torch.ao.nn.quantized.dynamic.Linear)
+    assert isinstance(layer.mlp.down_proj, torch.nn.Linear)  # skipped: kept in float
     assert tok.padding_side == "left" and model.generation_config.use_cache is True
     ids = _ids(tok, PROMPTS[1])
     with torch.inference_mode():
         assert torch.equal(model(ids).logits, again(ids).logits)
+
+
+def test_fused_projections_give_the_very_same_numbers_as_separate_ones(int8_folder: Path) -> None:
+    """q/k/v and gate/up as one int8 Linear each: one quantised input, int32 accumulation, per-channel scales, so
+    logits and greedy tokens (through the KV cache) are bit for bit those of the separate Linears."""
+    fused: Any
+    separate: Any
+    fused, tok = load_quantized(int8_folder)
+    separate, _ = load_quantized(int8_folder, fuse=False)
+    assert isinstance(separate.model.layers[0].self_attn.q_proj, torch.ao.nn.quantized.dynamic.Linear)
+    assert sum(isinstance(m, (FusedQKVAttention, FusedMLP)) for m in fused.modules()) == 2 * 30
+    assert fuse_projections(fused) == 0  # already fused: nothing left to fuse
+    ids = _ids(tok, PROMPTS[2])
+    with torch.inference_mode():
+        assert torch.equal(fused(ids).logits, separate(ids).logits)
+        kw: dict[str, Any] = {"max_new_tokens": 12, "do_sample": False, "pad_token_id": tok.pad_token_id}
+        assert torch.equal(fused.generate(ids, **kw), separate.generate(ids, **kw))
 
 
 _PEAK_OF_A_LOAD = """
