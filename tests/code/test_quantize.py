@@ -28,6 +28,9 @@ from core.quantize import (
     save_quantized,
     smooth,
 )
+from serving.engines.generation import llama_decode
+from serving.engines.generation.batch import Batch
+from serving.engines.generation.forward import decode, prefill
 from training.quantize_chat import gate
 
 PROMPTS = [
@@ -131,6 +134,58 @@ def test_fused_projections_give_the_very_same_numbers_as_separate_ones(int8_fold
         assert torch.equal(fused(ids).logits, separate(ids).logits)
         kw: dict[str, Any] = {"max_new_tokens": 12, "do_sample": False, "pad_token_id": tok.pad_token_id}
         assert torch.equal(fused.generate(ids, **kw), separate.generate(ids, **kw))
+
+
+def _reference_decode(model: Any, batch: Batch[int]) -> torch.Tensor:
+    """`forward.decode` as it was before the hand-written step: transformers' forward, greedy."""
+    mask = torch.cat([batch.mask, batch.mask.new_ones((len(batch), 1))], dim=1)
+    positions = batch.mask.sum(-1, keepdim=True)
+    with torch.inference_mode():
+        out = model(
+            input_ids=batch.next, attention_mask=mask, position_ids=positions, cache=batch.cache, use_cache=True
+        )
+    batch.mask, logits = mask, out.logits[:, -1, :]
+    batch.next = logits.argmax(-1).view(-1, 1)
+    return logits  # type: ignore[no-any-return]
+
+
+def test_the_served_int8_decode_step_gives_transformers_logits_bit_for_bit(
+    int8_folder: Path, float_chat: tuple[Any, Any]
+) -> None:
+    """The engine decodes the fused int8 model with `llama_decode` (plain tensor calls) instead of transformers'
+    forward: through left padding, no padding, a merge and a select, the logits are the very same."""
+    model, tok = load_quantized(int8_folder)
+    assert llama_decode.supports(model) and not llama_decode.supports(float_chat[0])
+    assert not llama_decode.supports(load_quantized(int8_folder, fuse=False)[0])  # only the fused form
+    prompts = [[int(t) for t in _ids(tok, p)[0]] for p in PROMPTS[:4]]
+    seen: list[torch.Tensor] = []
+
+    def greedy(logits: torch.Tensor, _rows: list[Any]) -> torch.Tensor:
+        seen.append(logits.clone())
+        return logits.argmax(-1)
+
+    ours: Batch[int] = prefill(model, [0], [prompts[0][:5]], tok.pad_token_id, greedy)  # one row: no padding
+    theirs: Batch[int] = prefill(model, [0], [prompts[0][:5]], tok.pad_token_id, greedy)
+    steps = 0
+
+    def step() -> None:
+        nonlocal steps
+        decode(model, ours, greedy)
+        expected = _reference_decode(model, theirs)
+        assert torch.equal(seen[-1], expected), f"step {steps}: {(seen[-1] - expected).abs().max()}"
+        steps += 1
+
+    for _ in range(3):
+        step()
+    for batch in (ours, theirs):  # rows of other lengths: left padding
+        batch.merge(prefill(model, [1, 2, 3], prompts[1:], tok.pad_token_id, greedy))
+    for _ in range(4):
+        step()
+    for batch in (ours, theirs):  # the longest row leaves: its padding columns are trimmed
+        batch.select([0, 2, 3])
+    for _ in range(4):
+        step()
+    assert steps == 11 and len(ours) == 3
 
 
 _PEAK_OF_A_LOAD = """

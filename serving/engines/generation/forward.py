@@ -18,6 +18,7 @@ from typing import Any, Generic, TypeVar
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
+from serving.engines.generation import llama_decode
 from serving.engines.generation.batch import Batch, left_pad, new_cache
 from serving.engines.generation.prefix_cache import KV, Prefix
 
@@ -144,15 +145,16 @@ def decode(model: PreTrainedModel, batch: Batch[Any], pick: Pick) -> torch.Tenso
     """One decode step: feed each row's `next` token, grow the mask by one column, and return (and keep
     in `batch.next`) the (B,) tokens that follow. The cache is updated in place by the forward."""
     mask = torch.cat([batch.mask, batch.mask.new_ones((len(batch), 1))], dim=1)  # (B, L + 1)
-    out = model(
-        input_ids=batch.next,
-        attention_mask=mask,
-        position_ids=batch.mask.sum(-1, keepdim=True),  # (B, 1): each row's count of real tokens so far
-        cache=batch.cache,  # the mask offset comes from the cache's length
-        use_cache=True,
-    )
+    positions = batch.mask.sum(-1, keepdim=True)  # (B, 1): each row's count of real tokens so far
+    if llama_decode.supports(model):  # the fused int8 Llama: the same logits without transformers' bookkeeping
+        logits = llama_decode.decode_logits(model, batch.next, mask, positions, batch.cache)
+    else:  # the mask offset comes from the cache's length
+        out = model(
+            input_ids=batch.next, attention_mask=mask, position_ids=positions, cache=batch.cache, use_cache=True
+        )
+        logits = out.logits[:, -1, :]
     batch.mask = mask
-    tokens = pick(out.logits[:, -1, :], batch.rows)
+    tokens = pick(logits, batch.rows)
     batch.next = tokens.view(-1, 1)
     return tokens
 
