@@ -60,7 +60,8 @@ def gate(p: Params, float_loss: float, int8_loss: float) -> tuple[bool, str]:
         return True, f"held-out loss {int8_loss} is {increase:+.4f} from the float model's {float_loss} (< {limit})"
     return False, (
         f"held-out loss {int8_loss} is {increase:+.4f} from the float model's {float_loss}, not under {limit}: "
-        "not registered (lower quantize_chat.alpha, or keep modules in float with quantize_chat.skip)"
+        "not registered (lower quantize_chat.alpha, quantise per token with quantize_chat.per_token, or keep modules "
+        "in float with quantize_chat.skip)"
     )
 
 
@@ -72,7 +73,7 @@ def run(p: Params) -> dict[str, object]:
     calibration = encode_frame(tok, pl.read_parquet(paths.CHAT_TRAIN).head(q.calibration_examples), 1024)
     maxima = activation_maxima(model, (torch.tensor([e["input_ids"]]) for e in calibration))
     smooth(model, maxima, q.alpha)
-    modules = quantize(model, q.skip)
+    modules = quantize(model, q.skip, q.per_token)
     tmp = paths.CHAT_INT8_MODEL.with_name(paths.CHAT_INT8_MODEL.name + ".tmp")
     card = {"alpha": q.alpha, "calibration_examples": len(calibration), "skip": list(q.skip)}
     save_quantized(model, tok, tmp, card | {"source": "artifacts/models/chat"})

@@ -21,8 +21,10 @@ from core.quantize import (
     WEIGHTS_FILE,
     FusedMLP,
     FusedQKVAttention,
+    PerTokenInt8Linear,
     activation_maxima,
     fuse_projections,
+    int8_linear,
     load_quantized,
     quantize,
     save_quantized,
@@ -45,7 +47,8 @@ CALIBRATION = [
     "How do I install a package with pip? Run pip install followed by the package name.",
     "What is a virtual environment? An isolated folder with its own interpreter and packages.",
 ]
-# measured on the base SmolLM2-135M with the default alpha 0.85 and down_proj in float: 0.90 (130 of 144 steps);
+# measured on the base SmolLM2-135M with the default alpha 0.85 and down_proj int8 per token: 0.89 (128 of 144
+# steps; 130 with down_proj in float);
 # plain dynamic int8 on every Linear (no smoothing) scored 0.47 on the fine-tuned model's answers
 MIN_AGREEMENT = 0.8
 
@@ -69,10 +72,10 @@ def int8_folder(float_chat: tuple[Any, Any], tmp_path_factory: pytest.TempPathFa
     model, tok = float_chat
     model = copy.deepcopy(model)
     smooth(model, activation_maxima(model, [_ids(tok, t, chat=False) for t in CALIBRATION]), 0.85)
-    modules = quantize(model, skip=("down_proj",))
-    assert modules and not any("down_proj" in m for m in modules)
+    modules = quantize(model, per_token=("down_proj",))  # the default recipe (params.yaml's quantize_chat)
+    assert len(modules) == 30 * 7 + 1
     folder = tmp_path_factory.mktemp("int8") / "chat_int8"
-    save_quantized(model, tok, folder, {"alpha": 0.85, "skip": ["down_proj"]})
+    save_quantized(model, tok, folder, {"alpha": 0.85, "skip": []})
     return folder
 
 
@@ -103,7 +106,8 @@ def test_smoothing_is_an_exact_rewrite_in_float(float_chat: tuple[Any, Any]) -> 
 def test_the_saved_form_loads_back_to_the_same_logits_at_about_half_the_size(int8_folder: Path, base_dir: Path) -> None:
     card = json.loads((int8_folder / QUANT_FILE).read_text())
     assert card["method"] == "smoothquant-dynamic-int8" and card["alpha"] == 0.85
-    assert len(card["modules"]) == 30 * 6 + 1  # q, k, v, o, gate, up per layer, and lm_head
+    assert len(card["modules"]) == 30 * 7 + 1  # q, k, v, o, gate, up, down per layer, and lm_head
+    assert card["per_token"] == [f"model.layers.{i}.mlp.down_proj" for i in range(30)]
     size, float_size = (int8_folder / WEIGHTS_FILE).stat().st_size, (base_dir / "chat" / WEIGHTS_FILE).stat().st_size
     assert size < 0.65 * float_size, (size, float_size)
     # core.loading reads it like any chat model folder; a second load gives the very same numbers
@@ -112,7 +116,7 @@ def test_the_saved_form_loads_back_to_the_same_logits_at_about_half_the_size(int
     layer = model.model.layers[0]
     assert isinstance(layer.self_attn, FusedQKVAttention) and isinstance(layer.mlp, FusedMLP)
     assert isinstance(layer.self_attn.qkv_proj, torch.ao.nn.quantized.dynamic.Linear)
-    assert isinstance(layer.mlp.down_proj, torch.nn.Linear)  # skipped: kept in float
+    assert isinstance(layer.mlp.down_proj, PerTokenInt8Linear)
     assert tok.padding_side == "left" and model.generation_config.use_cache is True
     ids = _ids(tok, PROMPTS[1])
     with torch.inference_mode():
@@ -134,6 +138,23 @@ def test_fused_projections_give_the_very_same_numbers_as_separate_ones(int8_fold
         assert torch.equal(fused(ids).logits, separate(ids).logits)
         kw: dict[str, Any] = {"max_new_tokens": 12, "do_sample": False, "pad_token_id": tok.pad_token_id}
         assert torch.equal(fused.generate(ids, **kw), separate.generate(ids, **kw))
+
+
+def test_per_token_int8_keeps_one_rows_outlier_from_coarsening_the_others() -> None:
+    """A decode batch where one row carries a large activation: per tensor, every row is quantised on that row's
+    scale and the small rows lose their precision; per token, each row keeps its own (and the algebra is exact)."""
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(256, 64, bias=True)
+    per_tensor, per_token = int8_linear(linear), int8_linear(linear, per_token=True)
+    x = torch.randn(3, 256)
+    x[0, 7] = 400.0  # the outlier row
+    with torch.inference_mode():
+        exact = linear(x)
+        err_tensor = (per_tensor(x) - exact).abs()[1:].max()
+        err_token = (per_token(x) - exact).abs()[1:].max()
+        alone = per_token(x[1:2])
+    assert err_token < err_tensor / 10, (float(err_token), float(err_tensor))
+    torch.testing.assert_close(alone, per_token(x)[1:2], rtol=0.05, atol=0.05)
 
 
 def _reference_decode(model: Any, batch: Batch[int]) -> torch.Tensor:

@@ -9,8 +9,8 @@ merge and a select. It is what gpt-fast's `decode_one_token` is to its model.
 
 Measured (`python -m benchmarks.fused_decode --lean`, the champion, 2 threads, 200 cached tokens, paired steps,
 two runs): 1.10-1.14x at 1 row (32.1 -> 28.9 ms), 1.10-1.13x at 4, 1.06-1.08x at 16. Most of what is left is
-reading weights: ~214 MB a token (int8 q/k/v/o/gate/up and lm_head, the float `down_proj` half of it) at the
-~12 GB/s the float `down_proj` reaches in the profile (290 us a 3.5 MB matmul), ~18 ms of the 29.
+reading weights: ~134 MB a token (every Linear int8, `down_proj` per token) at the ~12 GB/s a float `down_proj`
+reached in the profile (290 us a 3.5 MB matmul), ~11 ms a token.
 
 Only the fused int8 form takes this path (`supports`); the float model, the exact reference and the GPU path,
 keeps transformers' forward.
