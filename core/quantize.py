@@ -234,7 +234,7 @@ def save_quantized(model: PreTrainedModel, tok: PreTrainedTokenizerBase, folder:
     if model.generation_config is not None:
         model.generation_config.save_pretrained(folder)
     tok.save_pretrained(folder)
-    described = {"method": METHOD, "modules": quantized, "per_token": per_token, **card}
+    described = {**card, "method": METHOD, "modules": quantized, "per_token": per_token}
     (folder / QUANT_FILE).write_text(json.dumps(described, indent=2) + "\n")
 
 

@@ -34,7 +34,8 @@ def chat_int8_card(q: dict[str, Any], source: str) -> str:
     return (
         f"int8 variant of {source} ({q['method']}: SmoothQuant alpha {q['alpha']} over {q['calibration_examples']} "
         f"training examples, then int8 weights per output channel with dynamic int8 activations; "
-        f"{q['modules']} Linear modules quantised, kept in float: {', '.join(q['skip']) or 'none'}). "
+        f"{q['modules']} Linear modules quantised, kept in float: {', '.join(q['skip']) or 'none'}, "
+        f"input rows each on their own scale in: {', '.join(q.get('per_token', [])) or 'none'}). "
         f"CPU only (PyTorch's dynamic int8 kernels); a GPU serves the float version. "
         f"Held-out loss {i['eval_loss']} (float {f['eval_loss']}), "
         f"answer F1 {i['answer_f1']} (float {f['answer_f1']}), "

@@ -99,6 +99,7 @@ def run(p: Params) -> dict[str, object]:
         "method": METHOD,
         **card,
         "modules": len(modules),
+        "per_token": list(q.per_token),
         "float": {k: float_scores[k] for k in ("eval_loss", "perplexity", "answer_f1")},
         "int8": scores,
         "top_token_agreement": agreement,
