@@ -75,6 +75,10 @@ class ServingParams(Section):
     """While other requests are decoding, a new prompt is prefilled in chunks of about this many tokens (padding
     included), one chunk per decode step, so their next token waits for a chunk, not a whole prompt (vLLM's chunked
     prefill). 0: whole prompts in one forward. With nothing decoding, a prompt runs whole either way."""
+    chat_decode_threads: int | None = Field(default=None, ge=1)
+    """torch intra-op threads during decode steps only (prefills keep `torch_threads`). None: 1 for the int8 chat
+    variant, whose small decode steps lose more waiting for a preempted second thread than they gain from it, and
+    the prefills' count for float (`serving.settings.decode_threads` has the measurements)."""
     chat_prefix_cache_tokens: int = Field(default=4096, ge=0)
     """Prompt beginnings that requests share (system prompt, tools, RAG instructions) keep their KV cache for the next
     prefills, up to this many tokens in all (46 KB each for SmolLM2-135M fp32); 0: off."""

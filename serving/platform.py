@@ -13,7 +13,7 @@ from serving.engines.retriever import Retriever
 from serving.engines.types import EngineObserver
 from serving.faults import StepDelay
 from serving.registry import LoadedModels, ServedModel
-from serving.settings import Settings
+from serving.settings import Settings, decode_threads
 
 log = get_logger(__name__)
 
@@ -49,6 +49,7 @@ class Platform:
             models.tokenizer,  # type: ignore[arg-type]
             max_batch_size=s.chat_max_batch_size,
             prefill_chunk_tokens=s.chat_prefill_chunk_tokens,
+            decode_threads=decode_threads(s),
             prefix_cache_tokens=s.chat_prefix_cache_tokens,
             max_queue=s.chat_max_queue,
             max_context_tokens=s.chat_max_context_tokens,

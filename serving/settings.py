@@ -52,6 +52,22 @@ class Settings:
         return p if p.is_absolute() else PROJECT_ROOT / p
 
 
+def decode_threads(serving: ServingParams) -> int | None:
+    """torch threads for the chat engine's decode steps: `chat_decode_threads` when set; otherwise 1 for the int8
+    chat variant (a CPU model) and, for float, the prefills' count (None: unchanged).
+
+    Why (2026-12-02, 2 cores shared with the load client; `SERVING_CHAT_DECODE_THREADS=1` against unset, the int8
+    server started both ways): one stream 51.6-53.4 against 30.7-35.8 tokens/s, 4 streams 138-143 against 102-119,
+    16 streams 261-295 against 244-271; RAG at 4 concurrent 8.99 against 8.89 s an answer (its prefills keep both
+    cores). An int8 decode step is small kernels: with both cores in every op, the op waits whenever the event loop
+    or anything else preempts one of its two threads. The float model's matmuls use the second core (one thread for
+    everything: 97-104 against 112 tokens/s at 16 streams), so float keeps it.
+    """
+    if serving.chat_decode_threads is not None:
+        return serving.chat_decode_threads
+    return 1 if serving.chat_variant == "int8" else None
+
+
 def service_resources(serving: ServingParams, visible_gpus: int | None = None) -> dict[str, Any]:
     """`@bentoml.service(resources=...)` from the settings.
 

@@ -83,6 +83,7 @@ class ChatEngine:
         max_failed_steps: int = 8,
         prefill_chunk_tokens: int = 0,
         prefix_cache_tokens: int = 0,
+        decode_threads: int | None = None,
     ) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.max_batch_size, self.max_queue = max_batch_size, max_queue
@@ -100,7 +101,7 @@ class ChatEngine:
             model, self._waiting, name=self.name, pad_id=self.pad_id, eos_ids=self.eos_ids, window=self.window,
             timeout_s=timeout_s, retry_after_s=retry_after_s, backoff=self.backoff, health=self._health,
             observer=self.observer, report_load=self._report_load, prefill_chunk_tokens=prefill_chunk_tokens,
-            prefixes=PrefixCache(prefix_cache_tokens) if prefix_cache_tokens else None,
+            prefixes=PrefixCache(prefix_cache_tokens) if prefix_cache_tokens else None, decode_threads=decode_threads,
         )  # fmt: skip
         self._thread: threading.Thread | None = None
         self._load_lock = threading.Lock()

@@ -24,6 +24,7 @@ from core.errors import (
     ServingError,
 )
 from serving.engines.embedder import EmbedderEngine
+from serving.engines.generation.scheduler import torch_threads
 from serving.errors import OPENAI_ERRORS, from_validation_errors, to_openai_error
 from serving.http import RateLimiter, create_app, direct_post, respond, sse_stream
 from serving.platform import Platform
@@ -36,7 +37,7 @@ from serving.schemas import (
     SamplingLimits,
     SearchRequest,
 )
-from serving.settings import load_settings, service_resources
+from serving.settings import decode_threads, load_settings, service_resources
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -410,3 +411,19 @@ def test_a_version_that_fails_to_load_is_retried_with_a_doubling_wait_until_the_
     rollout.aliases["chat"] = "1"  # back to what is served: nothing to load, and the failure is forgotten
     rollout.check()
     assert rollout.builds == 5 and rollout.status().state == "watching" and rollout.status().reason is None
+
+
+def test_decode_threads_default_to_one_for_int8_and_are_set_back_after_the_step() -> None:
+    base = load_settings().serving
+    assert decode_threads(base.model_copy(update={"chat_variant": "int8"})) == 1
+    assert decode_threads(base.model_copy(update={"chat_variant": "float"})) is None
+    assert decode_threads(base.model_copy(update={"chat_variant": "float", "chat_decode_threads": 3})) == 3
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError), torch_threads(1):
+        raise RuntimeError("a failed step")
+    assert torch.get_num_threads() == before  # set back on failure too
+    with torch_threads(None):
+        assert torch.get_num_threads() == before

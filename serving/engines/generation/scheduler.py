@@ -22,7 +22,8 @@ error outside a step ends the thread, and health says why.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 from transformers import PreTrainedModel
@@ -69,6 +70,7 @@ class Scheduler:
         report_load: Callable[[], None],
         prefill_chunk_tokens: int = 0,
         prefixes: PrefixCache | None = None,
+        decode_threads: int | None = None,
     ) -> None:
         self.model, self.waiting, self.name = model, waiting, name
         self.pad_id, self.eos_ids, self.window = pad_id, eos_ids, window
@@ -80,6 +82,7 @@ class Scheduler:
         self.prefilling: Prefilling[Request] | None = None  # their prefill, when chunked and part-way through
         self.chunk_tokens = prefill_chunk_tokens
         self.prefixes = prefixes  # kept KV of shared prompt beginnings (None: off)
+        self.decode_threads = decode_threads  # torch threads during decode steps (None: as set for the process)
 
     @property
     def running(self) -> int:
@@ -173,7 +176,8 @@ class Scheduler:
                 self.prefixes.keep(prompt[:n], prefix_kv(p, i, n))
 
     def _decode_step(self) -> None:
-        tokens = decode(self.model, self.batch, _pick)
+        with torch_threads(self.decode_threads):
+            tokens = decode(self.model, self.batch, _pick)
         self.observer.batch_size(self.name, len(self.batch))
         self.backoff.succeeded()
         self.health.step_succeeded()
@@ -224,6 +228,20 @@ class Scheduler:
             if not r.done:
                 r.fail(err)
         self.report_load()
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """torch's intra-op thread count set to `n` (None: unchanged) for the block, then set back."""
+    if n is None or n == torch.get_num_threads():
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _pick(logits: torch.Tensor, rows: list[Request]) -> torch.Tensor:
