@@ -1,5 +1,5 @@
 """The int8 chat model's decode step with its projections fused (q/k/v and gate/up as one int8 Linear each,
-`core.quantize.fuse_projections`, what serving loads) against separate, paired step by step; with `--lean`, the
+`core.int8_modules.fuse_projections`, what serving loads) against separate, paired step by step; with `--lean`, the
 fused model's step through transformers' forward against the engine's hand-written one
 (`serving.engines.generation.llama_decode`).
 
@@ -27,7 +27,8 @@ import torch
 from transformers import DynamicCache
 
 from core import paths
-from core.quantize import fuse_projections, load_quantized
+from core.int8_modules import fuse_projections
+from core.quantize import load_quantized
 from serving.engines.generation.batch import new_cache
 from serving.engines.generation.llama_decode import decode_logits
 

@@ -202,7 +202,7 @@ class QuantizeChatParams(Section):
     skip: tuple[str, ...] = ()
     """Linear modules kept in float: any whose name contains one of these (e.g. `down_proj`, `lm_head`)."""
     per_token: tuple[str, ...] = ()
-    """Int8 Linears whose input rows are each quantised on their own scale (`core.quantize.PerTokenInt8Linear`):
+    """Int8 Linears whose input rows are each quantised on their own scale (`core.int8_modules.PerTokenInt8Linear`):
     any whose name contains one of these (e.g. `down_proj`, whose inputs have outlier tokens)."""
     speed_tokens: int = Field(default=64, ge=1)
     """Greedy tokens per one-stream speed probe (float and int8, reported, never gated)."""

@@ -28,6 +28,7 @@ quantised modules), and `model.safetensors` with the float tensors of every othe
 Linear, `<name>.weight_int8` (out, in) and `<name>.weight_scale` (out,): about half the float size. The card's
 `per_token` names the Linears run per token (older cards have none: every Linear per tensor).
 Dynamic int8 kernels run on the CPU only; a GPU serves the float model (`serving.chat_variant: float`).
+The modules the int8 model runs (int8 Linears, per-token ones, the fused projections) are in `core/int8_modules.py`.
 """
 
 from __future__ import annotations
@@ -43,13 +44,8 @@ from mlflow.pyfunc import PythonModel
 from safetensors.torch import load_file, save_file
 from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.models.llama.modeling_llama import (
-    LlamaAttention,
-    LlamaMLP,
-    apply_rotary_pos_emb,
-    eager_attention_forward,
-)
+
+from core.int8_modules import PerTokenInt8Linear, fuse_projections, int8_linear, int8_module, llama_layers
 
 QUANT_FILE = "quantization.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -58,13 +54,6 @@ METHOD = "smoothquant-dynamic-int8"
 
 def is_quantized_folder(folder: Path) -> bool:
     return (folder / QUANT_FILE).is_file()
-
-
-def _layers(model: PreTrainedModel) -> Sequence[torch.nn.Module]:
-    layers = getattr(getattr(model, "model", None), "layers", None)
-    if layers is None:
-        raise ValueError(f"{type(model).__name__} has no model.layers: smoothing knows Llama-style decoders only")
-    return layers  # type: ignore[no-any-return]
 
 
 # (norm or producer, consumers, whose input max is measured): the three places an activation enters Linears
@@ -87,7 +76,7 @@ def activation_maxima(model: PreTrainedModel, batches: Iterable[torch.Tensor]) -
     """
     maxima: dict[str, torch.Tensor] = {}
     hooks = []
-    for i, layer in enumerate(_layers(model)):
+    for i, layer in enumerate(llama_layers(model)):
         for _, consumers in _SMOOTH_GROUPS:
             key = f"{i}.{consumers[0]}"
 
@@ -108,7 +97,7 @@ def activation_maxima(model: PreTrainedModel, batches: Iterable[torch.Tensor]) -
 @torch.no_grad()
 def smooth(model: PreTrainedModel, maxima: dict[str, torch.Tensor], alpha: float) -> None:
     """SmoothQuant in place: an exact float rewrite (the model's outputs do not change beyond rounding)."""
-    for i, layer in enumerate(_layers(model)):
+    for i, layer in enumerate(llama_layers(model)):
         for producer_name, consumers in _SMOOTH_GROUPS:
             producer: Any = layer.get_submodule(producer_name)
             weights: list[torch.Tensor] = [layer.get_submodule(c).weight for c in consumers]  # type: ignore[misc]
@@ -135,64 +124,8 @@ def _set_module(model: torch.nn.Module, name: str, module: torch.nn.Module) -> N
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
-def _int8_linear(weight_int8: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> DynamicInt8Linear:
-    out_features, in_features = weight_int8.shape
-    q = DynamicInt8Linear(in_features, out_features, bias_=bias is not None, dtype=torch.qint8)
-    qweight = torch._make_per_channel_quantized_tensor(
-        weight_int8, scale.double(), torch.zeros(out_features, dtype=torch.long), 0
-    )
-    q.set_weight_bias(qweight, bias)
-    return q
-
-
-class PerTokenInt8Linear(torch.nn.Module):
-    """A dynamic int8 Linear whose input rows (tokens) are each quantised on their own scale.
-
-    PyTorch's dynamic kernels take one activation scale for the whole input; dividing each row by its largest
-    |value| first and multiplying the output back (W (x / r) r = W x, exact in real arithmetic) puts every row on
-    the same [-1, 1] range, so a row with an outlier no longer coarsens the others. Three cheap ops a call; the
-    module docstring has the measurements. The bias, if any, is added after the rescaling.
-    """
-
-    def __init__(self, int8: DynamicInt8Linear, bias: torch.Tensor | None) -> None:
-        super().__init__()
-        self.int8 = int8
-        self.bias: torch.Tensor | None
-        self.register_buffer("bias", bias)
-        self.in_features, self.out_features = int8.in_features, int8.out_features
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        r = x.abs().amax(-1, keepdim=True).clamp(min=1e-12)
-        y = self.int8(x / r) * r
-        return y if self.bias is None else y + self.bias
-
-    def _weight_bias(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The int8 weight and the float bias, as `DynamicInt8Linear._weight_bias` gives them."""
-        return self.int8._weight_bias()[0], self.bias
-
-
-Int8Linear = DynamicInt8Linear | PerTokenInt8Linear
-
-
-def _int8_module(w8: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, per_token: bool) -> Int8Linear:
-    if per_token:
-        return PerTokenInt8Linear(_int8_linear(w8, scale, None), bias)
-    return _int8_linear(w8, scale, bias)
-
-
 def _matches(name: str, patterns: Sequence[str]) -> bool:
     return any(p in name for p in patterns)
-
-
-@torch.no_grad()
-def int8_linear(linear: Any, per_token: bool = False) -> Int8Linear:
-    """A float Linear as a dynamic int8 one (weights int8, symmetric, one scale per output channel); with
-    `per_token`, a `PerTokenInt8Linear`."""
-    w = linear.weight.detach().float()  # (out, in)
-    scale = (w.abs().amax(1) / 127).clamp(min=1e-8)  # (out,)
-    w8 = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
-    bias = linear.bias.detach().float() if linear.bias is not None else None
-    return _int8_module(w8, scale, bias, per_token)
 
 
 @torch.no_grad()
@@ -270,7 +203,7 @@ def load_quantized(folder: Path, fuse: bool = True) -> tuple[PreTrainedModel, Pr
     for name, (w8, scale, bias) in int8.items():
         if w8 is None or scale is None:
             raise ValueError(f"{folder}/{WEIGHTS_FILE}: no int8 weight or scale for {name}")
-        _set_module(model, name, _int8_module(w8, scale, bias, name in per_token))
+        _set_module(model, name, int8_module(w8, scale, bias, name in per_token))
     empty = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if empty:
         raise ValueError(f"{folder}/{WEIGHTS_FILE}: nothing loaded into {empty[:5]}")
@@ -282,98 +215,6 @@ def load_quantized(folder: Path, fuse: bool = True) -> tuple[PreTrainedModel, Pr
         model.generation_config.use_cache = True
     model.eval()
     return model, AutoTokenizer.from_pretrained(str(folder))
-
-
-def _fused(modules: Sequence[Any]) -> DynamicInt8Linear:
-    """One dynamic int8 Linear whose output is the given Linears' outputs side by side.
-
-    Exact: the Linears read the same input, whose int8 activation is quantised once per call with one scale, the
-    int8 products accumulate in int32, and each output channel keeps its own weight scale.
-    """
-    parts = [m._weight_bias() for m in modules]
-    w8 = torch.cat([w.int_repr() for w, _ in parts])
-    scale = torch.cat([w.q_per_channel_scales() for w, _ in parts])
-    biases = [b if b is not None else torch.zeros(w.shape[0]) for w, b in parts]
-    bias = torch.cat(biases) if any(b is not None for _, b in parts) else None
-    return _int8_linear(w8, scale, bias)
-
-
-class FusedMLP(torch.nn.Module):
-    """Llama's MLP with `gate_proj` and `up_proj` as one int8 Linear (vLLM's MergedColumnParallelLinear)."""
-
-    def __init__(self, mlp: Any) -> None:
-        super().__init__()
-        self.gate_up_proj = _fused([mlp.gate_proj, mlp.up_proj])
-        self.down_proj, self.act_fn, self.width = mlp.down_proj, mlp.act_fn, mlp.gate_proj.out_features
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).split(self.width, dim=-1)
-        return self.down_proj(self.act_fn(gate) * up)  # type: ignore[no-any-return]
-
-
-class FusedQKVAttention(LlamaAttention):
-    """Llama's attention with `q_proj`, `k_proj` and `v_proj` as one int8 Linear (vLLM's QKVParallelLinear).
-
-    The forward is transformers 5.24's `LlamaAttention.forward` but for the projection line.
-    """
-
-    qkv_proj: DynamicInt8Linear
-    qkv_sizes: list[int]
-
-    def forward(  # type: ignore[override]
-        self,
-        hidden_states: torch.Tensor,
-        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
-        attention_mask: torch.Tensor | None = None,
-        cache: Any = None,
-        **kwargs: Any,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        input_shape = hidden_states.shape[:-1]
-        hidden_shape = (*input_shape, -1, self.head_dim)
-        q, k, v = self.qkv_proj(hidden_states).split(self.qkv_sizes, dim=-1)
-        query_states, key_states = q.view(hidden_shape).transpose(1, 2), k.view(hidden_shape).transpose(1, 2)
-        value_states = v.view(hidden_shape).transpose(1, 2)
-        assert position_embeddings is not None
-        cos, sin = position_embeddings
-        query_states, key_states = apply_rotary_pos_emb(query_states, key_states, cos, sin)
-        if cache is not None:
-            key_states, value_states = cache.update(key_states, value_states, self.layer_idx, kwargs=kwargs)
-        attention_interface: Any = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, eager_attention_forward
-        )
-        attn_output, attn_weights = attention_interface(
-            self, query_states, key_states, value_states, attention_mask, dropout=0.0, scaling=self.scaling, **kwargs
-        )
-        attn_output = attn_output.reshape(*input_shape, -1).contiguous()
-        return self.o_proj(attn_output), attn_weights
-
-
-@torch.no_grad()
-def fuse_projections(model: PreTrainedModel) -> int:
-    """In an int8 model, run the Linears that read the same input as one: q/k/v and gate/up. Returns how many
-    modules it fused; layers of another shape than Llama's, or with a projection left in float, stay as they are.
-
-    Why: one stream spends ~12 ms of a ~32 ms token in per-op overhead (the README's profile), and each dynamic
-    int8 Linear also quantises its input again; fused, a layer runs 4 int8 Linears instead of 7. Measured: a decode
-    step 1.10x faster at 1 row, 1.04x at 16 (`python -m benchmarks.fused_decode`).
-    """
-    fused = 0
-    for layer in _layers(model):
-        attn: Any = layer.self_attn
-        mlp: Any = layer.mlp
-        qkv: list[Any] = [getattr(attn, n, None) for n in ("q_proj", "k_proj", "v_proj")]
-        if type(attn) is LlamaAttention and all(isinstance(m, DynamicInt8Linear) for m in qkv):
-            sizes, one = [m.out_features for m in qkv], _fused(qkv)
-            del attn.q_proj, attn.k_proj, attn.v_proj
-            attn.__class__ = FusedQKVAttention  # the same module, its forward the fused one
-            fused_attn: Any = attn
-            fused_attn.qkv_proj, fused_attn.qkv_sizes = one, sizes
-            fused += 1
-        gate_up = [getattr(mlp, "gate_proj", None), getattr(mlp, "up_proj", None)]
-        if type(mlp) is LlamaMLP and all(isinstance(m, DynamicInt8Linear) for m in gate_up):
-            layer.mlp = FusedMLP(mlp)
-            fused += 1
-    return fused
 
 
 class Int8ChatModel(PythonModel):  # type: ignore[misc]

@@ -15,16 +15,12 @@ import pytest
 import torch
 
 from core.config import load_params
+from core.int8_modules import FusedMLP, FusedQKVAttention, PerTokenInt8Linear, fuse_projections, int8_linear
 from core.loading import load_chat
 from core.quantize import (
     QUANT_FILE,
     WEIGHTS_FILE,
-    FusedMLP,
-    FusedQKVAttention,
-    PerTokenInt8Linear,
     activation_maxima,
-    fuse_projections,
-    int8_linear,
     load_quantized,
     quantize,
     save_quantized,

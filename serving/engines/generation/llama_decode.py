@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from transformers import DynamicCache, PreTrainedModel
 from transformers.models.llama.modeling_llama import LlamaForCausalLM, rotate_half
 
-from core.quantize import FusedMLP, FusedQKVAttention
+from core.int8_modules import FusedMLP, FusedQKVAttention
 
 
 def supports(model: PreTrainedModel) -> bool:
