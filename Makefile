@@ -110,6 +110,7 @@ bench-peers: install wrk
 		"torch==$$(grep -oP '^torch==\K.*' requirements.lock)" "infinity-emb[server,torch]==$(INFINITY_EMB)"
 
 bench: pipeline wrk
+	$(BIN)/pytest benchmarks/hot_paths --benchmark-autosave --benchmark-compare
 	$(BIN)/python -m benchmarks.serving_throughput --streams 16 --clients 64
 	$(BIN)/python -m benchmarks.peers --docs
 	$(BIN)/python -m benchmarks.scale --docs
