@@ -166,12 +166,18 @@ def _reference_decode(model: Any, batch: Batch[int]) -> torch.Tensor:
     return logits  # type: ignore[no-any-return]
 
 
+@pytest.mark.parametrize("down_per_token", [True, False], ids=["down-per-token", "down-per-tensor"])
 def test_the_served_int8_decode_step_gives_transformers_logits_bit_for_bit(
-    int8_folder: Path, float_chat: tuple[Any, Any]
+    int8_folder: Path, float_chat: tuple[Any, Any], down_per_token: bool
 ) -> None:
-    """The engine decodes the fused int8 model with `llama_decode` (plain tensor calls) instead of transformers'
-    forward: through left padding, no padding, a merge and a select, the logits are the very same."""
+    """The engine decodes the fused int8 model with `llama_decode` (plain tensor calls on the packed weights) instead
+    of transformers' forward: through left padding, no padding, a merge and a select, the logits are the very same,
+    with `down_proj` per token (the default) or per tensor (an older card's)."""
     model, tok = load_quantized(int8_folder)
+    if not down_per_token:
+        for layer in model.model.layers:
+            assert isinstance(layer.mlp.down_proj, PerTokenInt8Linear)
+            layer.mlp.down_proj = layer.mlp.down_proj.int8
     assert llama_decode.supports(model) and not llama_decode.supports(float_chat[0])
     assert not llama_decode.supports(load_quantized(int8_folder, fuse=False)[0])  # only the fused form
     prompts = [[int(t) for t in _ids(tok, p)[0]] for p in PROMPTS[:4]]
