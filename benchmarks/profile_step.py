@@ -29,7 +29,7 @@ from torch.profiler import ProfilerActivity, profile
 from core import paths
 from core.config import load_params
 from core.loading import load_chat
-from core.quantize import activation_maxima, load_quantized, quantize, save_quantized, smooth
+from core.quantize import load_quantized, quantize_with_recipe, save_quantized
 from serving.engines.generation.batch import new_cache
 from serving.engines.generation.llama_decode import decode_logits
 
@@ -61,8 +61,7 @@ def base_int8(folder: Path) -> Path:
     q = load_params().quantize_chat
     model, tok = load_chat(paths.BASE_CHAT, device="cpu")
     text = "How do I install a package with pip? Run pip install followed by the package name."
-    smooth(model, activation_maxima(model, [tok(text, return_tensors="pt")["input_ids"]]), q.alpha)
-    quantize(model, q.skip, q.per_token)
+    quantize_with_recipe(model, [tok(text, return_tensors="pt")["input_ids"]], q)
     save_quantized(model, tok, folder, {"alpha": q.alpha, "skip": list(q.skip), "source": str(paths.BASE_CHAT)})
     return folder
 

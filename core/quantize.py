@@ -36,7 +36,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from accelerate import init_empty_weights
@@ -46,6 +46,9 @@ from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from core.int8_modules import PerTokenInt8Linear, fuse_projections, int8_linear, int8_module, llama_layers
+
+if TYPE_CHECKING:
+    from core.config import QuantizeChatParams
 
 QUANT_FILE = "quantization.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -138,6 +141,16 @@ def quantize(model: PreTrainedModel, skip: Sequence[str] = (), per_token: Sequen
     # a tied lm_head now has its own int8 copy: nothing ties it to the embedding any more
     model.config.tie_word_embeddings = False
     return names
+
+
+def quantize_with_recipe(
+    model: PreTrainedModel, batches: Iterable[torch.Tensor], recipe: QuantizeChatParams
+) -> list[str]:
+    """The stage's recipe in place (params.yaml's `quantize_chat`): activation maxima over `batches` (token ids,
+    each (1, T)), SmoothQuant at `recipe.alpha`, then int8 with `recipe.skip` left in float and `recipe.per_token`
+    on per-row scales. Returns the names replaced."""
+    smooth(model, activation_maxima(model, batches), recipe.alpha)
+    return quantize(model, recipe.skip, recipe.per_token)
 
 
 def save_quantized(model: PreTrainedModel, tok: PreTrainedTokenizerBase, folder: Path, card: dict[str, Any]) -> None:

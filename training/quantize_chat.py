@@ -28,7 +28,7 @@ from core.config import Params, params
 from core.io import write_json
 from core.loading import load_chat
 from core.log import get_logger
-from core.quantize import METHOD, activation_maxima, load_quantized, quantize, save_quantized, smooth
+from core.quantize import METHOD, load_quantized, quantize_with_recipe, save_quantized
 from evaluation.chat_quality import answer_quality, heldout_loss, top_token_agreement
 from training.chat import encode_frame
 from training.common import seed_everything, swap_dir
@@ -71,9 +71,7 @@ def run(p: Params) -> dict[str, object]:
     float_scores = json.loads(paths.EVAL_METRICS.read_text())["chat"]["finetuned"]
     model, tok = load_chat(paths.CHAT_MODEL, device="cpu")
     calibration = encode_frame(tok, pl.read_parquet(paths.CHAT_TRAIN).head(q.calibration_examples), 1024)
-    maxima = activation_maxima(model, (torch.tensor([e["input_ids"]]) for e in calibration))
-    smooth(model, maxima, q.alpha)
-    modules = quantize(model, q.skip, q.per_token)
+    modules = quantize_with_recipe(model, (torch.tensor([e["input_ids"]]) for e in calibration), q)
     tmp = paths.CHAT_INT8_MODEL.with_name(paths.CHAT_INT8_MODEL.name + ".tmp")
     card = {"alpha": q.alpha, "calibration_examples": len(calibration), "skip": list(q.skip)}
     save_quantized(model, tok, tmp, card | {"source": "artifacts/models/chat"})

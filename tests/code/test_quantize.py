@@ -22,7 +22,7 @@ from core.quantize import (
     WEIGHTS_FILE,
     activation_maxima,
     load_quantized,
-    quantize,
+    quantize_with_recipe,
     save_quantized,
     smooth,
 )
@@ -67,11 +67,11 @@ def float_chat(base_dir: Path) -> tuple[Any, Any]:
 def int8_folder(float_chat: tuple[Any, Any], tmp_path_factory: pytest.TempPathFactory) -> Path:
     model, tok = float_chat
     model = copy.deepcopy(model)
-    smooth(model, activation_maxima(model, [_ids(tok, t, chat=False) for t in CALIBRATION]), 0.85)
-    modules = quantize(model, per_token=("down_proj",))  # the default recipe (params.yaml's quantize_chat)
+    recipe = load_params().quantize_chat  # the default recipe: alpha 0.85, down_proj per token
+    modules = quantize_with_recipe(model, [_ids(tok, t, chat=False) for t in CALIBRATION], recipe)
     assert len(modules) == 30 * 7 + 1
     folder = tmp_path_factory.mktemp("int8") / "chat_int8"
-    save_quantized(model, tok, folder, {"alpha": 0.85, "skip": []})
+    save_quantized(model, tok, folder, {"alpha": recipe.alpha, "skip": list(recipe.skip)})
     return folder
 
 
